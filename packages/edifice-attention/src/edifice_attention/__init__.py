@@ -1,0 +1,1 @@
+"""Edifice attention and transformer architectures."""

@@ -1,0 +1,5 @@
+"""``python -m edifice`` runs the CLI."""
+
+from edifice.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The ``edifice`` command-line interface."""

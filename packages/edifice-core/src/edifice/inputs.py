@@ -1,0 +1,201 @@
+"""The single input validator and the example-input generator, both driven by an :class:`ArchSpec`.
+
+Every model checks its inputs through :func:`validate_inputs` (skipped while ``torch.compile`` traces), so every
+architecture reports a bad input in one format::
+
+    mamba: input 'x' expected [B, T, 64] (d_model=64), got [2, 16, 32]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from edifice.config import ArchConfig
+from edifice.dtypes import to_dtype
+from edifice.errors import InputError
+from edifice.shapes import evaluate, names_in, parse_domain
+from edifice.spec import ArchSpec, TensorSpec
+
+__all__ = ["DEFAULT_DIMS", "active_specs", "example_inputs", "resolve_shape", "validate_inputs"]
+
+#: Sizes given to free shape symbols by :func:`example_inputs` unless overridden.
+DEFAULT_DIMS: dict[str, int] = {"T": 8, "N": 10, "E": 24, "H": 16, "W": 16}
+
+
+def _env(config: ArchConfig) -> dict[str, Any]:
+    return {name: getattr(config, name) for name in config.field_names()}
+
+
+def active_specs(specs: Mapping[str, TensorSpec], config: ArchConfig) -> dict[str, TensorSpec]:
+    """The tensor specs whose ``when`` condition holds for ``config``."""
+    env = _env(config)
+    return {name: ts for name, ts in specs.items() if ts.when is None or evaluate(ts.when, env)}
+
+
+def resolve_shape(ts: TensorSpec, config: ArchConfig, dims: Mapping[str, int]) -> tuple[int, ...]:
+    """Evaluate a tensor spec's shape with config fields and symbol sizes ``dims`` (``None`` dims dropped)."""
+    env = {**_env(config), **dims}
+    out = []
+    for dim in ts.shape:
+        value = evaluate(dim, env)
+        if value is not None:
+            out.append(int(value))
+    return tuple(out)
+
+
+def _dtype_ok(ts: TensorSpec, tensor: torch.Tensor) -> bool:
+    if ts.dtype == "bool":
+        return tensor.dtype == torch.bool
+    if ts.dtype.startswith("int"):
+        return not tensor.dtype.is_floating_point and not tensor.dtype.is_complex and tensor.dtype != torch.bool
+    return tensor.dtype.is_floating_point
+
+
+def _dtype_words(ts: TensorSpec) -> str:
+    if ts.dtype == "bool":
+        return "bool"
+    if ts.dtype.startswith("int"):
+        return f"{ts.dtype} (an integer dtype)"
+    return f"{ts.dtype} (a floating dtype)"
+
+
+def validate_inputs(spec: ArchSpec, config: ArchConfig, inputs: Mapping[str, Any]) -> dict[str, int]:
+    """Check ``inputs`` against the spec's input tensors; return the symbol sizes found (``B``, ``T``, ...)."""
+    if torch.compiler.is_compiling():
+        return {}
+    name = spec.name
+    env = _env(config)
+    specs = active_specs(spec.inputs, config)
+    bound: dict[str, int] = {}
+    present: list[tuple[str, TensorSpec, torch.Tensor]] = []
+    for key, ts in specs.items():
+        value = inputs.get(key)
+        if value is None:
+            if not ts.optional:
+                raise InputError(f"{name}: input '{key}' is required, expected {_describe_shape(ts, env, bound)}")
+            continue
+        if not isinstance(value, torch.Tensor):
+            raise InputError(f"{name}: input '{key}' expected a torch.Tensor, got {type(value).__name__}")
+        present.append((key, ts, value))
+    for key in inputs:
+        if key not in specs and inputs[key] is not None:
+            raise InputError(f"{name}: unexpected input '{key}'; expected inputs: {', '.join(specs)}")
+    # Bind bare symbols first (B, T, N, ...), then check every dimension, so the order of inputs does not matter.
+    for key, ts, value in present:
+        shape = resolve_shape_pattern(ts, env)
+        if len(shape) == value.dim():
+            for dim, size in zip(shape, value.shape, strict=True):
+                if isinstance(dim, str) and dim.isidentifier() and dim not in env and dim not in bound:
+                    bound[dim] = int(size)
+    for key, ts, value in present:
+        shape = resolve_shape_pattern(ts, env)
+        expected = _describe_shape(ts, env, bound)
+        got = "[" + ", ".join(str(s) for s in value.shape) + "]"
+        if len(shape) != value.dim():
+            raise InputError(f"{name}: input '{key}' expected {expected}, got {got}")
+        for dim, size in zip(shape, value.shape, strict=True):
+            want = evaluate(dim, {**env, **bound}) if not isinstance(dim, int) else dim
+            if want != size:
+                raise InputError(f"{name}: input '{key}' expected {expected}, got {got}")
+        if not _dtype_ok(ts, value):
+            raise InputError(f"{name}: input '{key}' expected dtype {_dtype_words(ts)}, got {_short(value.dtype)}")
+        _check_domain(name, key, ts, value, {**env, **bound})
+    return bound
+
+
+def _check_domain(name: str, key: str, ts: TensorSpec, value: torch.Tensor, env: Mapping[str, Any]) -> None:
+    domain = parse_domain(ts.domain)
+    if domain.low is None or value.numel() == 0 or value.device.type == "meta":
+        return
+    low, high = domain.bounds(env)
+    vmin, vmax = value.min().item(), value.max().item()
+    above = vmax > high if domain.high_inclusive else vmax >= high
+    if vmin < low or above:
+        raise InputError(
+            f"{name}: input '{key}' expected values in {domain.describe(env)}, got min {vmin:g} max {vmax:g}"
+        )
+
+
+def resolve_shape_pattern(ts: TensorSpec, env: Mapping[str, Any]) -> list[str | int]:
+    """The shape with conditional dimensions decided and dropped; free symbols stay as strings."""
+    out: list[str | int] = []
+    for dim in ts.shape:
+        if isinstance(dim, int):
+            out.append(dim)
+            continue
+        free = names_in(dim) - set(env)
+        if not free:
+            value = evaluate(dim, env)
+            if value is not None:
+                out.append(int(value))
+            continue
+        out.append(dim)
+    return out
+
+
+def _describe_shape(ts: TensorSpec, env: Mapping[str, Any], bound: Mapping[str, int]) -> str:
+    parts: list[str] = []
+    used: set[str] = set()
+    for dim in resolve_shape_pattern(ts, env):
+        if isinstance(dim, int):
+            parts.append(str(dim))
+        else:
+            parts.append(dim)
+    for dim in ts.shape:
+        used |= names_in(dim) & set(env)
+    used -= {n for n in used if isinstance(env[n], str)}
+    note = f" ({', '.join(f'{u}={env[u]}' for u in sorted(used))})" if used else ""
+    return "[" + ", ".join(parts) + "]" + note
+
+
+def _short(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def example_inputs(
+    spec: ArchSpec,
+    config: ArchConfig,
+    batch_size: int = 2,
+    *,
+    device: str | torch.device | None = None,
+    generator: torch.Generator | None = None,
+    include_optional: bool = False,
+    **dims: int,
+) -> dict[str, torch.Tensor]:
+    """Random inputs matching the spec for ``config``: ``B = batch_size``, other symbols from ``dims``."""
+    if generator is None:
+        generator = torch.Generator().manual_seed(0)
+    sizes = {**DEFAULT_DIMS, "B": batch_size, **dims}
+    env = {**_env(config), **sizes}
+    out: dict[str, torch.Tensor] = {}
+    for key, ts in active_specs(spec.inputs, config).items():
+        if ts.optional and not include_optional:
+            continue
+        shape = resolve_shape(ts, config, sizes)
+        if spec.layout == "graph" and key == "batch":
+            n = shape[0]
+            tensor = torch.div(torch.arange(n) * batch_size, n, rounding_mode="floor")
+        else:
+            tensor = _random(ts, shape, env, generator)
+        out[key] = tensor.to(device) if device is not None else tensor
+    return out
+
+
+def _random(ts: TensorSpec, shape: tuple[int, ...], env: Mapping[str, Any], generator: torch.Generator) -> torch.Tensor:
+    domain = parse_domain(ts.domain)
+    dtype = to_dtype(ts.dtype)
+    if domain.kind == "bool":
+        # Masks default to "everything valid": a random mask could hide whole rows and test nothing useful.
+        return torch.ones(shape, dtype=torch.bool)
+    if domain.kind == "int":
+        low, high = domain.bounds(env)
+        low = 0 if low is None else int(low)
+        high = 2**15 if high is None else int(high) + (1 if domain.high_inclusive else 0)
+        return torch.randint(low, high, shape, generator=generator, dtype=dtype)
+    if domain.low is not None:
+        low, high = domain.bounds(env)
+        return torch.rand(shape, generator=generator, dtype=dtype) * (high - low) + low
+    return torch.randn(shape, generator=generator, dtype=dtype)

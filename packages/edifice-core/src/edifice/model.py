@@ -1,0 +1,68 @@
+"""The base class of every Edifice architecture module."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from edifice.config import ArchConfig
+from edifice.inputs import example_inputs, validate_inputs
+from edifice.registry import get_spec
+from edifice.spec import ArchSpec
+
+__all__ = ["Model"]
+
+
+class Model(nn.Module):
+    """An architecture built from its config: input checking, initialisation and gradient checkpointing hooks.
+
+    Subclasses set :attr:`config_class`, build their layers in ``__init__``, call :meth:`check_inputs` at the top of
+    ``forward`` and implement :meth:`reset_parameters` with the paper's initialisation.
+    """
+
+    config_class: ClassVar[type[ArchConfig]] = ArchConfig
+
+    def __init__(self, config: ArchConfig) -> None:
+        super().__init__()
+        if not isinstance(config, self.config_class):
+            raise TypeError(
+                f"{type(self).__name__} expects a {self.config_class.__name__}, got {type(config).__name__}"
+            )
+        self.config = config
+        self.grad_checkpointing = False
+
+    @property
+    def arch(self) -> str:
+        """The registry name this module was built as."""
+        return self.config.arch
+
+    @property
+    def spec(self) -> ArchSpec:
+        """The registered spec of :attr:`arch`."""
+        return get_spec(self.config.arch)
+
+    def check_inputs(self, **inputs: Any) -> dict[str, int]:
+        """Validate inputs against the spec (no-op under ``torch.compile``); returns the symbol sizes found."""
+        if torch.compiler.is_compiling():
+            return {}
+        return validate_inputs(self.spec, self.config, inputs)
+
+    def example_inputs(self, batch_size: int = 2, **dims: int) -> dict[str, torch.Tensor]:
+        """Random inputs for this module, on its device."""
+        device = next(self.parameters(), torch.empty(0)).device
+        return example_inputs(self.spec, self.config, batch_size, device=device, **dims)
+
+    def reset_parameters(self) -> None:
+        """Re-initialise every parameter as the paper prescribes (default: each child's own ``reset_parameters``)."""
+        for module in self.modules():
+            if module is not self and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute layer activations in the backward pass to save memory (gradients are unchanged)."""
+        self.grad_checkpointing = enable
+
+    def extra_repr(self) -> str:
+        return f"arch={self.config.arch!r}"

@@ -1,0 +1,295 @@
+"""Plugin discovery and the registries plugins fill (torch-free).
+
+Plugins are found through the entry-point group ``edifice`` and loaded in sorted order. Each plugin's registrations
+are staged and committed only when the whole plugin loaded cleanly, so a broken plugin leaves no half-registered
+state: it is recorded with its error, a :class:`PluginWarning` is issued, and every other plugin keeps working.
+
+Environment variables:
+
+* ``EDIFICE_STRICT_PLUGINS=1`` -- a failing plugin raises :class:`~edifice.errors.PluginError` instead.
+* ``EDIFICE_LOAD_PLUGINS=edifice-attention,edifice-foo`` -- load only these distributions (or entry-point names);
+  an empty value loads none.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import threading
+import traceback
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from importlib import metadata
+from typing import Any, Literal
+
+import pluggy
+
+from edifice.errors import PluginError
+from edifice.hookspecs import EdificeHooks
+from edifice.spec import ArchSpec, BlockSpec, Converter, OpOverride
+
+__all__ = [
+    "PluginRecord",
+    "PluginWarning",
+    "Registry",
+    "get_registry",
+    "load_object",
+]
+
+ENTRY_POINT_GROUP = "edifice"
+_KINDS = ("architectures", "blocks", "ops", "converters")
+
+
+class PluginWarning(UserWarning):
+    """Issued when a plugin fails to load and is skipped."""
+
+
+@dataclasses.dataclass
+class PluginRecord:
+    """What one plugin is and what it registered (or why it failed)."""
+
+    name: str
+    distribution: str | None
+    version: str | None
+    module: str
+    status: Literal["loaded", "failed", "skipped"]
+    error: str | None = None
+    architectures: list[str] = dataclasses.field(default_factory=list)
+    blocks: list[str] = dataclasses.field(default_factory=list)
+    ops: list[str] = dataclasses.field(default_factory=list)
+    converters: list[str] = dataclasses.field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-native form (for ``edifice plugins --json``)."""
+        return dataclasses.asdict(self)
+
+
+def load_object(target: str) -> Any:
+    """Import ``"package.module:Attr.path"`` and return the attribute."""
+    module_name, _, attr = target.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+class _Staging:
+    """Registrations of one plugin, committed to the registry only if the plugin loads cleanly."""
+
+    def __init__(self, registry: Registry, plugin: str) -> None:
+        self.registry = registry
+        self.plugin = plugin
+        self.items: dict[str, dict[str, tuple[Any, bool]]] = {kind: {} for kind in _KINDS}
+
+    def adder(self, kind: str, expected: type) -> Callable[..., None]:
+        def register(item: Any, *args: Any, replace: bool = False) -> None:
+            if kind == "blocks" and isinstance(item, str):
+                item = BlockSpec(item, *args)
+            elif args:
+                raise TypeError(f"register() takes one {expected.__name__}")
+            if not isinstance(item, expected):
+                raise PluginError(f"plugin {self.plugin!r}: register expects a {expected.__name__}, got {item!r}")
+            key = _key(kind, item)
+            if key in self.items[kind]:
+                raise PluginError(f"plugin {self.plugin!r} registers {kind[:-1]} {key!r} twice")
+            if not replace and key in self.registry._store[kind]:
+                owner = self.registry._owner[kind][key]
+                raise PluginError(
+                    f"plugin {self.plugin!r}: {kind[:-1]} {key!r} is already registered by {owner!r} "
+                    "(pass replace=True to override it on purpose)"
+                )
+            self.items[kind][key] = (item, replace)
+
+        return register
+
+    def commit(self, record: PluginRecord) -> None:
+        for kind in _KINDS:
+            for key, (item, _replace) in self.items[kind].items():
+                self.registry._store[kind][key] = item
+                self.registry._owner[kind][key] = self.plugin
+                getattr(record, kind).append(key)
+
+
+def _key(kind: str, item: Any) -> str:
+    if kind == "ops":
+        return f"{item.op}/{item.name}"
+    return str(item.name)
+
+
+class _CommandCollector:
+    """The ``cli`` object passed to ``register_commands``: collects sub-commands for the CLI to add."""
+
+    def __init__(self) -> None:
+        self.commands: list[dict[str, Any]] = []
+
+    def add_command(
+        self, name: str, *, help: str, configure: Callable[[Any], None], run: Callable[[Any], int]
+    ) -> None:
+        """Add the sub-command ``edifice <name>``: ``configure(parser)`` adds arguments, ``run(args)`` runs it."""
+        self.commands.append({"name": name, "help": help, "configure": configure, "run": run})
+
+
+class Registry:
+    """Holds every plugin's registrations; created once per process by :func:`get_registry`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._loaded = False
+        self.pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
+        self.pm.add_hookspecs(EdificeHooks)
+        self.records: dict[str, PluginRecord] = {}
+        self._store: dict[str, dict[str, Any]] = {kind: {} for kind in _KINDS}
+        self._owner: dict[str, dict[str, str]] = {kind: {} for kind in _KINDS}
+        self._generation = 0
+
+    # -- loading ---------------------------------------------------------------------------------------------------
+    @property
+    def generation(self) -> int:
+        """Increases whenever registrations change (caches keyed on it stay valid otherwise)."""
+        return self._generation
+
+    def ensure_loaded(self) -> None:
+        """Discover and load entry-point plugins once per process."""
+        if self._loaded:
+            return
+        with self._lock:
+            if self._loaded:
+                return
+            self._loaded = True
+            for entry_point in self._entry_points():
+                self._load_entry_point(entry_point)
+
+    def _entry_points(self) -> list[metadata.EntryPoint]:
+        points = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)
+        wanted = os.environ.get("EDIFICE_LOAD_PLUGINS")
+        if wanted is None:
+            return points
+        names = {w.strip() for w in wanted.split(",") if w.strip()}
+        chosen = []
+        for ep in points:
+            dist = ep.dist.name if ep.dist is not None else None
+            if ep.name in names or dist in names:
+                chosen.append(ep)
+            else:
+                self.records[ep.name] = PluginRecord(
+                    ep.name, dist, _dist_version(ep), ep.value, "skipped", "not in EDIFICE_LOAD_PLUGINS"
+                )
+        return chosen
+
+    def _load_entry_point(self, ep: metadata.EntryPoint) -> None:
+        dist = ep.dist.name if ep.dist is not None else None
+        try:
+            plugin = ep.load()
+        except Exception as exc:
+            self._fail(PluginRecord(ep.name, dist, _dist_version(ep), ep.value, "failed"), exc)
+            return
+        self.register_plugin(plugin, ep.name, distribution=dist, version=_dist_version(ep), module=ep.value)
+
+    def register_plugin(
+        self,
+        plugin: Any,
+        name: str,
+        *,
+        distribution: str | None = None,
+        version: str | None = None,
+        module: str | None = None,
+    ) -> PluginRecord:
+        """Register a plugin object (a module or any object with hook implementations) under ``name``."""
+        with self._lock:
+            if name in self.records and self.records[name].status == "loaded":
+                raise PluginError(f"a plugin named {name!r} is already registered")
+            record = PluginRecord(name, distribution, version, module or repr(plugin), "loaded")
+            staging = _Staging(self, name)
+            try:
+                self.pm.register(plugin, name=name)
+            except Exception as exc:
+                return self._fail(record, exc)
+            try:
+                self._call(name, "register_architectures", staging.adder("architectures", ArchSpec))
+                self._call(name, "register_blocks", staging.adder("blocks", BlockSpec))
+                self._call(name, "register_ops", staging.adder("ops", OpOverride))
+                self._call(name, "register_converters", staging.adder("converters", Converter))
+            except Exception as exc:
+                self.pm.unregister(name=name)
+                return self._fail(record, exc)
+            staging.commit(record)
+            self.records[name] = record
+            self._generation += 1
+            return record
+
+    def unregister_plugin(self, name: str) -> None:
+        """Remove a plugin and everything it registered."""
+        with self._lock:
+            record = self.records.pop(name, None)
+            if self.pm.has_plugin(name):
+                self.pm.unregister(name=name)
+            if record is None:
+                return
+            for kind in _KINDS:
+                for key in getattr(record, kind):
+                    if self._owner[kind].get(key) == name:
+                        del self._store[kind][key]
+                        del self._owner[kind][key]
+            self._generation += 1
+
+    def _call(self, plugin_name: str, hook_name: str, register: Callable[..., None]) -> None:
+        hook = getattr(self.pm.hook, hook_name)
+        for impl in hook.get_hookimpls():
+            if impl.plugin_name == plugin_name:
+                impl.function(register=register)
+
+    def _fail(self, record: PluginRecord, exc: BaseException) -> PluginRecord:
+        record.status = "failed"
+        record.error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        self.records[record.name] = record
+        message = f"Edifice plugin {record.name!r} ({record.distribution or record.module}) failed to load: {record.error}"
+        if _truthy(os.environ.get("EDIFICE_STRICT_PLUGINS")):
+            raise PluginError(message) from exc
+        warnings.warn(message, PluginWarning, stacklevel=4)
+        return record
+
+    # -- queries ---------------------------------------------------------------------------------------------------
+    def items(self, kind: str) -> Mapping[str, Any]:
+        """Registered items of one kind (``architectures``, ``blocks``, ``ops``, ``converters``)."""
+        self.ensure_loaded()
+        return self._store[kind]
+
+    def owner(self, kind: str, key: str) -> str | None:
+        """The plugin that registered ``key``."""
+        return self._owner[kind].get(key)
+
+    def commands(self) -> list[dict[str, Any]]:
+        """Sub-commands that plugins add to the CLI."""
+        self.ensure_loaded()
+        collector = _CommandCollector()
+        for impl in self.pm.hook.register_commands.get_hookimpls():
+            try:
+                impl.function(cli=collector)
+            except Exception as exc:  # a broken command must not take the CLI down
+                warnings.warn(f"plugin {impl.plugin_name!r}: register_commands failed: {exc}", PluginWarning, 2)
+        return collector.commands
+
+    def iter_records(self) -> Iterator[PluginRecord]:
+        """Every plugin seen, loaded or not, sorted by name."""
+        self.ensure_loaded()
+        return iter(sorted(self.records.values(), key=lambda r: r.name))
+
+
+def _dist_version(ep: metadata.EntryPoint) -> str | None:
+    return ep.dist.version if ep.dist is not None else None
+
+
+_REGISTRY: Registry | None = None
+
+
+def get_registry() -> Registry:
+    """The process-wide registry (plugins load on first query)."""
+    global _REGISTRY
+    if _REGISTRY is None:
+        _REGISTRY = Registry()
+    return _REGISTRY
