@@ -1,0 +1,113 @@
+"""Nox sessions (DESIGN §9). `uv run nox` runs the CI set; `slow` and `gpu` are opt-in.
+
+Every session installs from the committed lock (`uv sync --locked`) into its own virtual environment, so a session
+proves the lock is complete. Family distributions are discovered from `packages/*`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import nox
+
+nox.needs_version = ">=2025.2.9"
+nox.options.default_venv_backend = "uv"
+nox.options.sessions = ["lint", "typecheck", "tests", "isolation", "docs"]
+nox.options.error_on_missing_interpreters = True
+
+ROOT = Path(__file__).parent
+PYTHON = "3.11"
+#: Distributions that register architectures (every member but the code-less meta package and core).
+FAMILIES = sorted(
+    p.name for p in (ROOT / "packages").iterdir() if (p / "pyproject.toml").exists() and p.name not in ("edifice", "edifice-core")
+)
+TEST_PLUGINS = [str(p) for p in sorted((ROOT / "tests" / "plugins").glob("edifice-*")) if (p / "pyproject.toml").exists()]
+
+
+def _sync(session: nox.Session, *groups: str) -> None:
+    """Install the workspace and the given dependency groups from uv.lock into the session's environment."""
+    args = ["uv", "sync", "--locked", "--all-packages", "--no-default-groups"]
+    for group in groups:
+        args += ["--group", group]
+    session.run_install(*args, env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location}, silent=True)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff check + format check, and the import contract: no distribution imports another."""
+    _sync(session, "lint")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("lint-imports")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy over every package's sources (strict on core, configured in pyproject.toml)."""
+    _sync(session, "lint", "test")
+    session.run("mypy", *sorted(str(p) for p in (ROOT / "packages").glob("*/src")))
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """All package tests and the registry-wide contract in one pytest run, with core's branch coverage."""
+    _sync(session, "test")
+    if TEST_PLUGINS:
+        session.run_install("uv", "pip", "install", "--no-deps", *TEST_PLUGINS, silent=True)
+    session.env["EDIFICE_TEST_PLUGINS"] = "1"
+    session.run(
+        "pytest",
+        "-n",
+        os.environ.get("EDIFICE_TEST_WORKERS", "2"),
+        "--edifice-require-signatures",
+        "--cov=edifice",
+        "--cov-branch",
+        "--cov-report=term",
+        "--cov-fail-under=90",
+        *session.posargs,
+    )
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("distribution", FAMILIES)
+def isolation(session: nox.Session, distribution: str) -> None:
+    """Core plus one family from built wheels: discovery, listing, and a build-and-forward smoke of every entry."""
+    wheels = Path(tempfile.mkdtemp(prefix="edifice-wheels-"))
+    try:
+        for package in ("edifice-core", distribution):
+            session.run("uv", "build", "--quiet", "--wheel", "--package", package, "--out-dir", str(wheels), external=True)
+        requirements = wheels / "requirements.txt"
+        session.run(
+            "uv", "export", "--frozen", "--quiet", "--no-hashes", "--no-header", "--no-default-groups",
+            "--no-emit-workspace", "--package", distribution, "--output-file", str(requirements), external=True,
+        )  # fmt: skip
+        session.run_install("uv", "pip", "install", "--quiet", "-r", str(requirements), *map(str, wheels.glob("*.whl")))
+        session.run("python", str(ROOT / "tests" / "isolation_smoke.py"), distribution, env={"EDIFICE_STRICT_PLUGINS": "1"})
+    finally:
+        shutil.rmtree(wheels, ignore_errors=True)
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """Regenerate the architecture index and API reference (fail if stale), run every doc example, build the site."""
+    _sync(session, "docs")
+    session.run("python", "docs/generate.py", "--check")
+    session.run("python", "docs/run_examples.py")
+    session.run("mkdocs", "build", "--strict", "--quiet", "--site-dir", str(Path(session.create_tmp()) / "site"))
+
+
+@nox.session(python=PYTHON, default=False)
+def slow(session: nox.Session) -> None:
+    """Opt-in: learning tests and inductor compilation."""
+    _sync(session, "test")
+    session.run("pytest", "-m", "slow", "-n", os.environ.get("EDIFICE_TEST_WORKERS", "2"), *session.posargs)
+
+
+@nox.session(python=PYTHON, default=False)
+def gpu(session: nox.Session) -> None:
+    """Opt-in, on a CUDA machine: kernel overrides against their references and GPU model tests."""
+    _sync(session, "test")
+    session.run("pytest", "-m", "gpu", *session.posargs)

@@ -1,0 +1,56 @@
+"""Isolation smoke test, run by `nox -s isolation` in a venv holding only edifice-core and one family's wheels.
+
+Checks that the family is discovered through its entry point, that it lists exactly its own architectures (those
+the catalogue assigns to it), and that each builds and runs a forward pass -- or, for entries needing another
+distribution's blocks, fails to build with the install hint. Then runs the contract kit on every buildable entry.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+import edifice
+from edifice.catalogue import catalogue
+from edifice.errors import MissingDependency
+from edifice.registry import missing_requirements
+from edifice.testing import check_architecture
+
+
+def main(distribution: str) -> int:
+    """Run the smoke checks for ``distribution``; return a process exit code."""
+    records = [r for r in edifice.plugins() if r.distribution == distribution]
+    if not records or any(r.status != "loaded" for r in records):
+        print(f"FAIL: {distribution} plugin not loaded: {records}")
+        return 1
+    listed = edifice.list_architectures()
+    owners = {name: edifice.get_spec(name).distribution for name in listed}
+    foreign = sorted(n for n, d in owners.items() if d != distribution)
+    if foreign:
+        print(f"FAIL: entries from other distributions are listed: {foreign}")
+        return 1
+    planned = sorted(n for n, e in catalogue().items() if e.distribution == distribution)
+    print(f"{distribution}: {len(listed)} architectures listed ({len(planned)} in the catalogue)")
+    failures = 0
+    for name in listed:
+        missing = missing_requirements(name)
+        if missing is not None:
+            try:
+                edifice.build(name)
+            except MissingDependency as exc:
+                print(f"  {name:28s} skipped: {exc}")
+                continue
+            print(f"  FAIL {name}: built although {missing}")
+            failures += 1
+            continue
+        model = edifice.build(name, **edifice.get_spec(name).tiny).eval()
+        with torch.no_grad():
+            model(**edifice.example_inputs(model, 2))
+        check_architecture(name)
+        print(f"  {name:28s} ok (build, forward, contract)")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
