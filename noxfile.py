@@ -41,7 +41,7 @@ def lint(session: nox.Session) -> None:
     _sync(session, "lint")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
-    session.run("lint-imports")
+    session.run("python", "tools/check_imports.py")
 
 
 @nox.session(python=PYTHON)
