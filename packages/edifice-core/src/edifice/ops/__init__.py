@@ -1,0 +1,53 @@
+"""Hot mechanisms as named ops: a vectorised pure-PyTorch reference, a naive loop oracle, and kernel overrides.
+
+Call an op like a function (``edifice.ops.sdpa(q, k, v, causal=True)``); it picks its implementation at call time:
+
+* a :func:`swap` in force (``edifice.testing.mutate_op`` is built on it) wins over everything;
+* ``use("reference")`` (or ``EDIFICE_OPS=reference`` at import) forces the reference;
+* otherwise the best :class:`~edifice.spec.OpOverride` that fits the call — registered by a plugin's
+  ``register_ops`` hook or by core, matched on the first tensor's device type (``"*"`` = any) and dtype, its
+  predicate and its probe, highest ``priority`` first — else the reference.
+
+Core registers one override itself: ``torch_sdpa`` (priority -100) runs :func:`sdpa` through
+``torch.nn.functional.scaled_dot_product_attention`` when no window, mask, positions or soft-capping is asked.
+
+Introspection: :func:`names`, :func:`implementations`, :func:`selected`, :func:`mode`. Every op carries
+``.reference`` and ``.naive`` (the test oracle). Dispatch traces under ``torch.compile(fullgraph=True)``.
+"""
+
+from __future__ import annotations
+
+from edifice.ops._registry import (
+    Implementation,
+    Op,
+    OpWarning,
+    get_op,
+    implementations,
+    mode,
+    names,
+    selected,
+    swap,
+    use,
+)
+from edifice.ops.attention import sdpa
+from edifice.ops.conv import causal_conv1d, causal_conv1d_state
+from edifice.ops.norm import rms_norm
+from edifice.ops.recurrence import linear_recurrence
+
+__all__ = [
+    "Implementation",
+    "Op",
+    "OpWarning",
+    "causal_conv1d",
+    "causal_conv1d_state",
+    "get_op",
+    "implementations",
+    "linear_recurrence",
+    "mode",
+    "names",
+    "rms_norm",
+    "sdpa",
+    "selected",
+    "swap",
+    "use",
+]
