@@ -10,7 +10,9 @@ import functools
 from dataclasses import dataclass
 from importlib import resources
 
-__all__ = ["CatalogueEntry", "catalogue", "install_hint"]
+from edifice.spec import BlockSpec
+
+__all__ = ["BLOCK_PROVIDERS", "CORE_BLOCKS", "CatalogueEntry", "catalogue", "install_hint"]
 
 #: Blocks other distributions may ask for by name, and the distribution that provides each.
 BLOCK_PROVIDERS: dict[str, str] = {
@@ -18,6 +20,24 @@ BLOCK_PROVIDERS: dict[str, str] = {
     "mamba2": "edifice-ssm",
     "hyena": "edifice-ssm",
 }
+
+#: The generic blocks core itself provides; the registry holds them from the start (no plugin needed).
+CORE_BLOCKS: tuple[BlockSpec, ...] = (
+    BlockSpec("rmsnorm", "edifice.blocks.norms:RMSNorm", "Root-mean-square norm (optionally zero-centred)."),
+    BlockSpec("layernorm", "edifice.blocks.norms:LayerNorm", "Layer norm with optional bias, computed in fp32."),
+    BlockSpec("mlp", "edifice.blocks.ffn:FeedForward", "Two-layer feed-forward network."),
+    BlockSpec("swiglu", "edifice.blocks.ffn:GatedFeedForward", "Gated feed-forward network (SwiGLU by default)."),
+    BlockSpec("moe", "edifice.blocks.moe:MoEFeedForward", "Top-k routed mixture of gated FFN experts."),
+    BlockSpec("rope", "edifice.blocks.rope:RotaryEmbedding", "Rotary position embedding with context scalings."),
+    BlockSpec("causal_conv1d", "edifice.blocks.conv:CausalDepthwiseConv1d", "Causal depthwise conv over time."),
+    BlockSpec("sinusoidal_positions", "edifice.blocks.positional:SinusoidalPositionalEmbedding", "Fixed encoding."),
+    BlockSpec("learned_positions", "edifice.blocks.positional:LearnedPositionalEmbedding", "Learned positions."),
+    BlockSpec("timestep_embedding", "edifice.blocks.positional:TimestepEmbedding", "Diffusion timestep embedding."),
+    # -- attention / transformer blocks: added by their author -----------------------------------------------------
+    BlockSpec("attention", "edifice.blocks.attention:Attention", "Multi-head / grouped-query self-attention."),
+    BlockSpec("cross_attention", "edifice.blocks.attention:CrossAttention", "Attention from x to a context."),
+    BlockSpec("transformer_block", "edifice.blocks.transformer:TransformerBlock", "Mixer + FFN residual block."),
+)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from typing import Any, TypeVar
+from typing import Any, TypeVar, dataclass_transform
 
 import torch
 import torch.utils._pytree as pytree
@@ -18,6 +18,7 @@ __all__ = ["model_output", "tensor_leaves"]
 T = TypeVar("T", bound=type)
 
 
+@dataclass_transform()
 def model_output(cls: T) -> T:
     """Class decorator: make ``cls`` a dataclass and register it as a pytree node (for outputs and states)."""
     if not dataclasses.is_dataclass(cls):

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import pluggy
 
+from edifice.catalogue import CORE_BLOCKS
 from edifice.errors import PluginError
 from edifice.hookspecs import EdificeHooks
 from edifice.spec import ArchSpec, BlockSpec, Converter, OpOverride
@@ -38,6 +39,8 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "edifice"
+#: Owner recorded for what core registers itself (its generic blocks).
+CORE_OWNER = "edifice-core"
 _KINDS = ("architectures", "blocks", "ops", "converters")
 
 
@@ -127,9 +130,7 @@ class _CommandCollector:
     def __init__(self) -> None:
         self.commands: list[dict[str, Any]] = []
 
-    def add_command(
-        self, name: str, *, help: str, configure: Callable[[Any], None], run: Callable[[Any], int]
-    ) -> None:
+    def add_command(self, name: str, *, help: str, configure: Callable[[Any], None], run: Callable[[Any], int]) -> None:
         """Add the sub-command ``edifice <name>``: ``configure(parser)`` adds arguments, ``run(args)`` runs it."""
         self.commands.append({"name": name, "help": help, "configure": configure, "run": run})
 
@@ -146,6 +147,10 @@ class Registry:
         self._store: dict[str, dict[str, Any]] = {kind: {} for kind in _KINDS}
         self._owner: dict[str, dict[str, str]] = {kind: {} for kind in _KINDS}
         self._generation = 0
+        # Core's generic blocks are always present, whatever EDIFICE_LOAD_PLUGINS says; plugins may replace them.
+        for block in CORE_BLOCKS:
+            self._store["blocks"][block.name] = block
+            self._owner["blocks"][block.name] = CORE_OWNER
 
     # -- loading ---------------------------------------------------------------------------------------------------
     @property
@@ -247,7 +252,9 @@ class Registry:
         record.status = "failed"
         record.error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         self.records[record.name] = record
-        message = f"Edifice plugin {record.name!r} ({record.distribution or record.module}) failed to load: {record.error}"
+        message = (
+            f"Edifice plugin {record.name!r} ({record.distribution or record.module}) failed to load: {record.error}"
+        )
         if _truthy(os.environ.get("EDIFICE_STRICT_PLUGINS")):
             raise PluginError(message) from exc
         warnings.warn(message, PluginWarning, stacklevel=4)
