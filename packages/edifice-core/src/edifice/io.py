@@ -1,0 +1,526 @@
+"""Save and load Edifice models as safetensors files that carry their architecture and config.
+
+A checkpoint is a plain safetensors file (raw tensor bytes and a JSON header; nothing is ever unpickled) whose
+``__metadata__`` holds, besides any user entries given to :func:`save`:
+
+==============================  =================================================================================
+``format``                      ``"pt"``, what other safetensors tools expect of PyTorch tensors
+``edifice.schema_version``      version of this file format (:data:`FORMAT_VERSION`)
+``edifice.arch``                registry name of the architecture
+``edifice.config``              the config as JSON (:meth:`ArchConfig.to_json`)
+``edifice.config_schema_version``  the config's ``schema_version``
+``edifice.versions``            JSON ``{distribution: version}`` for edifice-core, the owning distribution and torch
+``edifice.tied``                JSON ``[[kept, alias, ...], ...]``: state-dict keys sharing one tensor, stored once
+``edifice.buffers``             JSON ``{name: dtype}`` of the floating non-persistent buffers (recomputed on load)
+==============================  =================================================================================
+
+Loading rebuilds the config (refusing a newer schema; an older one goes through the config class's optional
+``migrate_config(data, from_version) -> data`` classmethod), builds the model on the meta device, checks every key
+and shape against the file (one :class:`~edifice.errors.CheckpointError` names everything missing, unexpected or
+mis-shaped), then assigns the file's tensors (``load_state_dict(assign=True)``) and re-ties shared parameters.
+
+Non-persistent buffers (RoPE tables, causal masks) are not in the file and must be recomputed. A module that owns
+some can implement ``init_non_persistent_buffers()``, which fills them *in place* once they are allocated,
+uninitialised, on the target device (like ``reset_parameters`` fills parameters). When every owning module has this
+hook the model is only ever built on the meta device; otherwise (and when a non-strict load leaves tensors missing)
+the model is built for real on the target device so its constructor computes them, and the file's tensors replace
+the fresh parameters. Either way, floating non-persistent buffers end in the dtype they had when saved (or ``dtype``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import struct
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import safetensors
+import safetensors.torch
+import torch
+from torch import nn
+
+import edifice
+from edifice.config import ArchConfig
+from edifice.dtypes import dtype_name, to_dtype
+from edifice.errors import CheckpointError, ConfigError, UnknownArchitecture
+from edifice.registry import build, config_class, get_spec
+
+__all__ = ["FORMAT_VERSION", "CheckpointMetadata", "TensorEntry", "load", "read_metadata", "save"]
+
+#: Version of the checkpoint layout written by :func:`save`; :func:`load` reads this version and older ones.
+FORMAT_VERSION = 1
+
+_ARCH = "edifice.arch"
+_CONFIG = "edifice.config"
+_SCHEMA = "edifice.schema_version"
+_CONFIG_SCHEMA = "edifice.config_schema_version"
+_VERSIONS = "edifice.versions"
+_TIED = "edifice.tied"
+_BUFFERS = "edifice.buffers"
+_RESERVED_PREFIX = "edifice."
+#: Optional module method that fills the module's non-persistent buffers in place (see the module docstring).
+_INIT_HOOK = "init_non_persistent_buffers"
+
+# safetensors refuses headers above 100 MB; a larger length prefix means the file is something else.
+_MAX_HEADER_BYTES = 100_000_000
+_ST_DTYPES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorEntry:
+    """One tensor stored in a checkpoint: its dtype name and shape (read from the header, no data loaded)."""
+
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointMetadata:
+    """What a checkpoint's header says: architecture, config, versions, tied groups and stored tensors."""
+
+    path: Path
+    arch: str
+    config: dict[str, Any]
+    schema_version: int
+    config_schema_version: int
+    versions: dict[str, str | None]
+    tied: tuple[tuple[str, ...], ...]
+    buffers: dict[str, str]
+    tensors: dict[str, TensorEntry]
+    extra: dict[str, str]
+
+
+# -- save ------------------------------------------------------------------------------------------------------------
+def save(model: nn.Module, path: str | os.PathLike[str], *, metadata: Mapping[str, str] | None = None) -> Path:
+    """Write ``model``'s weights, architecture and config to the safetensors file ``path`` (atomically)."""
+    # torch.compile wraps the module and prefixes every state-dict key with "_orig_mod."; save the module itself.
+    original = getattr(model, "_orig_mod", None)
+    if isinstance(original, nn.Module):
+        model = original
+    config = getattr(model, "config", None)
+    if not isinstance(config, ArchConfig):
+        raise TypeError(
+            f"save: expected an Edifice model (an nn.Module with an ArchConfig in .config, as edifice.build returns), "
+            f"got {type(model).__name__}"
+        )
+    spec = get_spec(config.arch)
+    extra = _check_user_metadata(metadata or {})
+    state = model.state_dict()
+    on_meta = [key for key, tensor in state.items() if tensor.is_meta]
+    if on_meta:
+        raise CheckpointError(f"save: {config.arch} has tensors on the meta device (no data to save): {_few(on_meta)}")
+    tied = _tied_groups(state)
+    aliases = {alias for group in tied for alias in group[1:]}
+    tensors = {key: tensor.detach().contiguous() for key, tensor in state.items() if key not in aliases}
+    _refuse_partial_aliasing(config.arch, tensors)
+    header = {
+        **extra,
+        "format": "pt",
+        _SCHEMA: str(FORMAT_VERSION),
+        _ARCH: config.arch,
+        _CONFIG: config.to_json(),
+        _CONFIG_SCHEMA: str(config.schema_version),
+        _VERSIONS: json.dumps(_versions(spec.distribution), sort_keys=True),
+        _TIED: json.dumps([list(group) for group in tied]),
+        _BUFFERS: json.dumps(
+            {
+                name: dtype_name(buf.dtype)
+                for name, buf in _non_persistent_buffers(model).items()
+                if buf.is_floating_point()
+            },
+            sort_keys=True,
+        ),
+    }
+    target = Path(path)
+    _atomic_write(target, lambda tmp: safetensors.torch.save_file(tensors, tmp, metadata=header))
+    return target
+
+
+def _check_user_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(f"save: metadata must map str to str, got {key!r}: {type(value).__name__}")
+        if key == "format" or key.startswith(_RESERVED_PREFIX):
+            raise ValueError(f"save: metadata key {key!r} is reserved (keys 'format' and 'edifice.*' are Edifice's)")
+    return dict(metadata)
+
+
+def _tied_groups(state: Mapping[str, torch.Tensor]) -> list[tuple[str, ...]]:
+    """Groups of state-dict keys that are the same view of the same memory (tied weights), in state-dict order."""
+    groups: dict[tuple[Any, ...], list[str]] = defaultdict(list)
+    for key, tensor in state.items():
+        if tensor.numel() == 0:
+            # Empty tensors may all report data pointer 0; they cannot share anything meaningful.
+            continue
+        view = (
+            tensor.device,
+            tensor.untyped_storage().data_ptr(),
+            tensor.storage_offset(),
+            tuple(tensor.shape),
+            tensor.stride(),
+            tensor.dtype,
+        )
+        groups[view].append(key)
+    return [tuple(keys) for keys in groups.values() if len(keys) > 1]
+
+
+def _refuse_partial_aliasing(arch: str, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Refuse distinct views of one storage: storing them separately would silently untie them on load."""
+    by_storage: dict[tuple[torch.device, int], list[str]] = defaultdict(list)
+    for key, tensor in tensors.items():
+        if tensor.numel():
+            by_storage[(tensor.device, tensor.untyped_storage().data_ptr())].append(key)
+    overlapping = [keys for keys in by_storage.values() if len(keys) > 1]
+    if overlapping:
+        raise CheckpointError(
+            f"save: {arch} has tensors that are different views of the same memory: {overlapping}. Edifice stores "
+            "tied tensors only when they are the same view; register one tensor and derive the other in forward."
+        )
+
+
+def _versions(distribution: str) -> dict[str, str | None]:
+    return {
+        "edifice-core": _dist_version("edifice-core") or edifice.__version__,
+        distribution: _dist_version(distribution),
+        "torch": torch.__version__,
+    }
+
+
+def _dist_version(name: str) -> str | None:
+    try:
+        return importlib_metadata.version(name)
+    except importlib_metadata.PackageNotFoundError:
+        return None
+
+
+def _atomic_write(target: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary file in the target's directory, then rename it over the target in one step."""
+    if not target.parent.is_dir():
+        raise FileNotFoundError(f"save: directory {str(target.parent)!r} does not exist")
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        write(tmp)
+        # Flush the data to disk before the rename, so a crash cannot leave a renamed but empty file.
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# -- reading the header --------------------------------------------------------------------------------------------
+def read_metadata(path: str | os.PathLike[str]) -> CheckpointMetadata:
+    """Read a checkpoint's header (no tensor data) and check that :func:`save` wrote it."""
+    file = Path(path)
+    header = _read_header(file)
+    raw = header.pop("__metadata__", None) or {}
+    if _ARCH not in raw:
+        raise CheckpointError(
+            f"{file}: this safetensors file has no Edifice metadata (no {_ARCH!r} entry), so it was not written by "
+            "edifice.save. For plain weights, build the model with edifice.build(...) and call "
+            "model.load_state_dict(safetensors.torch.load_file(path))."
+        )
+    version = _int_entry(file, raw, _SCHEMA)
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{file}: written in checkpoint format {version} by a newer Edifice; this edifice-core reads format "
+            f"{FORMAT_VERSION} and older. Upgrade edifice-core to load it."
+        )
+    config = _json_entry(file, raw, _CONFIG, dict)
+    return CheckpointMetadata(
+        path=file,
+        arch=raw[_ARCH],
+        config=config,
+        schema_version=version,
+        config_schema_version=_int_entry(file, raw, _CONFIG_SCHEMA),
+        versions=_json_entry(file, raw, _VERSIONS, dict),
+        tied=tuple(tuple(group) for group in _json_entry(file, raw, _TIED, list)),
+        buffers=_json_entry(file, raw, _BUFFERS, dict),
+        tensors={
+            key: TensorEntry(_ST_DTYPES.get(entry["dtype"], str(entry["dtype"]).lower()), tuple(entry["shape"]))
+            for key, entry in header.items()
+        },
+        extra={key: value for key, value in raw.items() if key != "format" and not key.startswith(_RESERVED_PREFIX)},
+    )
+
+
+def _read_header(file: Path) -> dict[str, Any]:
+    """Parse the safetensors header: an 8-byte little-endian length, then that many bytes of JSON."""
+    not_safetensors = CheckpointError(
+        f"{file}: not a safetensors file. Edifice checkpoints are safetensors files written by edifice.save; "
+        "pickled checkpoints (torch.save) are never loaded, because unpickling can run arbitrary code."
+    )
+    with file.open("rb") as fh:
+        prefix = fh.read(8)
+        if len(prefix) < 8:
+            raise not_safetensors
+        (length,) = struct.unpack("<Q", prefix)
+        if length > min(_MAX_HEADER_BYTES, os.fstat(fh.fileno()).st_size - 8):
+            raise not_safetensors
+        try:
+            header = json.loads(fh.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise not_safetensors from None
+    if not isinstance(header, dict):
+        raise not_safetensors
+    return header
+
+
+def _int_entry(file: Path, raw: Mapping[str, str], key: str) -> int:
+    try:
+        return int(raw[key])
+    except (KeyError, ValueError):
+        raise CheckpointError(f"{file}: metadata entry {key!r} is missing or not an integer") from None
+
+
+def _json_entry(file: Path, raw: Mapping[str, str], key: str, kind: type) -> Any:
+    try:
+        value = json.loads(raw[key])
+    except (KeyError, json.JSONDecodeError):
+        raise CheckpointError(f"{file}: metadata entry {key!r} is missing or not valid JSON") from None
+    if not isinstance(value, kind):
+        raise CheckpointError(f"{file}: metadata entry {key!r} should hold a JSON {kind.__name__}")
+    return value
+
+
+# -- load ------------------------------------------------------------------------------------------------------------
+def load(
+    path: str | os.PathLike[str],
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    strict: bool = True,
+) -> nn.Module:
+    """Rebuild the model saved at ``path`` on ``device`` (default CPU), floating tensors cast to ``dtype`` if given.
+
+    With ``strict=False`` missing and unexpected tensors are tolerated (missing ones keep their fresh
+    initialisation); mis-shaped tensors are always an error.
+    """
+    meta = read_metadata(path)
+    target = torch.device(device) if device is not None else torch.device("cpu")
+    cast = to_dtype(dtype) if dtype is not None else None
+    if cast is not None and not cast.is_floating_point:
+        raise ValueError(f"load: dtype converts floating tensors and must be a floating dtype, got {dtype_name(cast)}")
+    config = _config_from(meta)
+
+    model = build(config, device="meta")
+    report = _Report.compare(meta, {key: tuple(t.shape) for key, t in model.state_dict().items()})
+    if report.misshaped or (strict and (report.missing or report.unexpected)):
+        raise CheckpointError(report.describe(meta, strict))
+    owners = [module for module, _ in _non_persistent_slots(model).values()]
+    on_meta = not report.missing and all(callable(getattr(m, _INIT_HOOK, None)) for m in owners)
+    if not on_meta:
+        # Some module cannot recompute its non-persistent buffers in place, or a tensor is missing from the file:
+        # let the constructor compute them on the target device.
+        model = build(config, device=target)
+
+    ties = _shared_slots(model)
+    model.load_state_dict(_read_tensors(meta, report.present, target, cast), strict=False, assign=True)
+    _retie(ties)
+    slots = _non_persistent_slots(model)
+    if on_meta:
+        _init_non_persistent(slots, target)
+    _cast_non_persistent(slots, meta.buffers, cast)
+    return model
+
+
+def _config_from(meta: CheckpointMetadata) -> ArchConfig:
+    """The checkpoint's config, migrated to the installed schema where the config class allows it."""
+    try:
+        cls = config_class(meta.arch)
+    except UnknownArchitecture as exc:
+        raise UnknownArchitecture(f"{meta.path}: checkpoint of {meta.arch!r}: {exc}") from None
+    data = dict(meta.config)
+    current = _default_schema_version(cls)
+    saved = meta.config_schema_version
+    if saved > current:
+        raise CheckpointError(
+            f"{meta.path}: config schema {saved} of {meta.arch!r} is newer than the installed one ({current}); "
+            f"upgrade {get_spec(meta.arch).distribution} to load it"
+        )
+    if saved < current:
+        migrate = getattr(cls, "migrate_config", None)
+        if migrate is None:
+            raise CheckpointError(
+                f"{meta.path}: config schema {saved} of {meta.arch!r} is older than the installed one ({current}) "
+                f"and {cls.__name__} defines no migrate_config() to upgrade it"
+            )
+        data = dict(migrate(data, saved))
+        data["schema_version"] = current
+    data["arch"] = meta.arch
+    try:
+        return cls.from_dict(data)
+    except ConfigError as exc:
+        raise CheckpointError(f"{meta.path}: the stored config does not validate: {exc}") from exc
+
+
+def _default_schema_version(cls: type[ArchConfig]) -> int:
+    # Subclasses bump the version by redeclaring the field with a new default.
+    default: Any = next(f.default for f in dataclasses.fields(cls) if f.name == "schema_version")
+    return int(default)
+
+
+@dataclasses.dataclass
+class _Report:
+    """How the checkpoint's tensors match the model's state dict."""
+
+    present: dict[str, str]  # model key -> key stored in the file (differs for tied aliases)
+    missing: list[tuple[str, tuple[int, ...]]]
+    unexpected: list[tuple[str, tuple[int, ...]]]
+    misshaped: list[tuple[str, tuple[int, ...], tuple[int, ...]]]
+
+    @classmethod
+    def compare(cls, meta: CheckpointMetadata, expected: Mapping[str, tuple[int, ...]]) -> _Report:
+        """Match the file's tensors (tied aliases expanded) against ``expected`` shapes."""
+        stored = {key: key for key in meta.tensors}
+        for kept, *aliases in meta.tied:
+            if kept in meta.tensors:
+                stored.update(dict.fromkeys(aliases, kept))
+        report = cls({}, [], [], [])
+        for key, shape in expected.items():
+            if key not in stored:
+                report.missing.append((key, shape))
+            elif meta.tensors[stored[key]].shape != shape:
+                report.misshaped.append((key, meta.tensors[stored[key]].shape, shape))
+            else:
+                report.present[key] = stored[key]
+        report.unexpected = [(key, meta.tensors[key].shape) for key in meta.tensors if key not in expected]
+        return report
+
+    def describe(self, meta: CheckpointMetadata, strict: bool) -> str:
+        """One message naming every problem."""
+        lines = [f"{meta.path}: the checkpoint does not match {meta.arch!r} as built from its stored config"]
+        if self.missing and strict:
+            lines.append(f"  missing from the checkpoint ({len(self.missing)}):")
+            lines += [f"    {key} {_shape(shape)}" for key, shape in self.missing]
+        if self.unexpected and strict:
+            lines.append(f"  unexpected in the checkpoint ({len(self.unexpected)}):")
+            lines += [f"    {key} {_shape(shape)}" for key, shape in self.unexpected]
+        if self.misshaped:
+            lines.append(f"  mis-shaped ({len(self.misshaped)}):")
+            lines += [
+                f"    {key}: {_shape(got)} in the checkpoint, {_shape(want)} in the model"
+                for key, got, want in self.misshaped
+            ]
+        if strict and not self.misshaped:
+            lines.append("Pass strict=False to load the tensors that match and keep the others freshly initialised.")
+        return "\n".join(lines)
+
+
+def _read_tensors(
+    meta: CheckpointMetadata, present: Mapping[str, str], device: torch.device, dtype: torch.dtype | None
+) -> dict[str, torch.Tensor]:
+    """The model's tensors from the file, on ``device``; tied aliases get the very same tensor object."""
+    loaded: dict[str, torch.Tensor] = {}
+    out: dict[str, torch.Tensor] = {}
+    with safetensors.safe_open(str(meta.path), framework="pt", device="cpu") as fh:
+        for key, stored in present.items():
+            if stored not in loaded:
+                tensor = fh.get_tensor(stored)
+                loaded[stored] = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else None)
+            out[key] = loaded[stored]
+    return out
+
+
+_Slot = tuple[nn.Module, str, str]  # (module, "_parameters" or "_buffers", attribute name)
+
+
+def _shared_slots(model: nn.Module) -> list[list[_Slot]]:
+    """Groups of module attributes holding one tensor object (tied weights), as the constructor made them."""
+    by_tensor: dict[int, list[_Slot]] = defaultdict(list)
+    for module in model.modules():
+        for kind in ("_parameters", "_buffers"):
+            for name, tensor in getattr(module, kind).items():
+                if tensor is not None:
+                    by_tensor[id(tensor)].append((module, kind, name))
+    return [slots for slots in by_tensor.values() if len(slots) > 1]
+
+
+def _retie(groups: list[list[_Slot]]) -> None:
+    """Point every attribute of a tied group at the first one's object (assign=True wrapped each separately)."""
+    for (module, kind, name), *others in groups:
+        shared = getattr(module, kind)[name]
+        for other, other_kind, other_name in others:
+            getattr(other, other_kind)[other_name] = shared
+
+
+def _non_persistent_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for name, (module, attr) in _non_persistent_slots(model).items():
+        buffer = module._buffers[attr]
+        if buffer is not None:
+            out[name] = buffer
+    return out
+
+
+def _non_persistent_slots(model: nn.Module) -> dict[str, tuple[nn.Module, str]]:
+    """Non-persistent buffers by full name, with the module and attribute holding each."""
+    slots: dict[str, tuple[nn.Module, str]] = {}
+    for prefix, module in model.named_modules():
+        for attr in sorted(module._non_persistent_buffers_set):
+            if module._buffers.get(attr) is not None:
+                slots[f"{prefix}.{attr}" if prefix else attr] = (module, attr)
+    return slots
+
+
+def _init_non_persistent(slots: Mapping[str, tuple[nn.Module, str]], device: torch.device) -> None:
+    """Allocate the meta-device buffers on ``device``, then let each owning module fill its own."""
+    owners: dict[int, nn.Module] = {}
+    for module, attr in slots.values():
+        buffer = module._buffers[attr]
+        assert buffer is not None  # _non_persistent_slots keeps only registered tensors
+        module._buffers[attr] = torch.empty_like(buffer, device=device)
+        owners[id(module)] = module
+    for module in owners.values():
+        hook: Callable[[], None] = getattr(module, _INIT_HOOK)
+        hook()
+
+
+def _cast_non_persistent(
+    slots: Mapping[str, tuple[nn.Module, str]], saved: Mapping[str, str], dtype: torch.dtype | None
+) -> None:
+    """Give floating non-persistent buffers ``dtype`` if given, else the dtype they had when saved."""
+    for name, (module, attr) in slots.items():
+        buffer = module._buffers[attr]
+        if buffer is None or not buffer.is_floating_point():
+            continue
+        want = dtype if dtype is not None else _torch_dtype(saved.get(name))
+        if want is not None and buffer.dtype != want:
+            module._buffers[attr] = buffer.to(want)
+
+
+def _torch_dtype(name: str | None) -> torch.dtype | None:
+    value = getattr(torch, name, None) if name else None
+    return value if isinstance(value, torch.dtype) else None
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "[" + ", ".join(str(s) for s in shape) + "]"
+
+
+def _few(names: list[str], limit: int = 5) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")

@@ -1,0 +1,51 @@
+"""Fixtures of the CLI tests: the test plugin, registered in-process or found through an entry point."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from edifice.plugins import get_registry
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture
+def cli_plugin(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    """Register ``cli_fixture_plugin`` for one test."""
+    monkeypatch.syspath_prepend(str(HERE))
+    module = importlib.import_module("cli_fixture_plugin")
+    registry = get_registry()
+    registry.register_plugin(module, "cli-fixture", distribution="edifice-cli-fixture", version="0.0.1")
+    yield module
+    registry.unregister_plugin("cli-fixture")
+
+
+@pytest.fixture(scope="session")
+def plugin_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Environment for a subprocess that discovers the test plugin (and a broken one) through entry points."""
+    site = tmp_path_factory.mktemp("site")
+    dist_info = site / "edifice_cli_fixture-0.0.1.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: edifice-cli-fixture\nVersion: 0.0.1\n")
+    (dist_info / "entry_points.txt").write_text(
+        "[edifice]\ncli-fixture = cli_fixture_plugin\nbroken = edifice_cli_no_such_module\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDIFICE_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(site), str(HERE), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+@pytest.fixture(scope="session")
+def warm_flop_counter() -> None:
+    """Pay once, in set-up, for the ``torch._dynamo`` import that ``FlopCounterMode`` triggers on first use (1-2 s)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False):
+        torch.ones(1, 1) @ torch.ones(1, 1)
