@@ -1,0 +1,1 @@
+"""Torch-free config dataclasses of the edifice-attention architectures."""
