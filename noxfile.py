@@ -22,9 +22,13 @@ ROOT = Path(__file__).parent
 PYTHON = "3.11"
 #: Distributions that register architectures (every member but the code-less meta package and core).
 FAMILIES = sorted(
-    p.name for p in (ROOT / "packages").iterdir() if (p / "pyproject.toml").exists() and p.name not in ("edifice", "edifice-core")
+    p.name
+    for p in (ROOT / "packages").iterdir()
+    if (p / "pyproject.toml").exists() and p.name not in ("edifice", "edifice-core")
 )
-TEST_PLUGINS = [str(p) for p in sorted((ROOT / "tests" / "plugins").glob("edifice-*")) if (p / "pyproject.toml").exists()]
+TEST_PLUGINS = [
+    str(p) for p in sorted((ROOT / "tests" / "plugins").glob("edifice-*")) if (p / "pyproject.toml").exists()
+]
 
 
 def _sync(session: nox.Session, *groups: str) -> None:
@@ -78,14 +82,18 @@ def isolation(session: nox.Session, distribution: str) -> None:
     wheels = Path(tempfile.mkdtemp(prefix="edifice-wheels-"))
     try:
         for package in ("edifice-core", distribution):
-            session.run("uv", "build", "--quiet", "--wheel", "--package", package, "--out-dir", str(wheels), external=True)
+            session.run(
+                "uv", "build", "--quiet", "--wheel", "--package", package, "--out-dir", str(wheels), external=True
+            )
         requirements = wheels / "requirements.txt"
         session.run(
             "uv", "export", "--frozen", "--quiet", "--no-hashes", "--no-header", "--no-default-groups",
             "--no-emit-workspace", "--package", distribution, "--output-file", str(requirements), external=True,
         )  # fmt: skip
         session.run_install("uv", "pip", "install", "--quiet", "-r", str(requirements), *map(str, wheels.glob("*.whl")))
-        session.run("python", str(ROOT / "tests" / "isolation_smoke.py"), distribution, env={"EDIFICE_STRICT_PLUGINS": "1"})
+        session.run(
+            "python", str(ROOT / "tests" / "isolation_smoke.py"), distribution, env={"EDIFICE_STRICT_PLUGINS": "1"}
+        )
     finally:
         shutil.rmtree(wheels, ignore_errors=True)
 

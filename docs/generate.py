@@ -104,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8")
             print(f"wrote docs/{rel}")
-    extra = sorted(p.relative_to(DOCS).as_posix() for p in (DOCS / "api").glob("*.md")) if (DOCS / "api").exists() else []
+    extra = (
+        sorted(p.relative_to(DOCS).as_posix() for p in (DOCS / "api").glob("*.md")) if (DOCS / "api").exists() else []
+    )
     orphans = [p for p in extra if p not in pages]
     for orphan in orphans:
         if args.check:

@@ -26,7 +26,9 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if uv is None:
         pytest.fail("uv is needed to build the meta wheel (it is how the workspace is installed)")
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([uv, "build", "--quiet", "--wheel", "--package", "edifice", "--out-dir", str(out)], cwd=ROOT, check=True)
+    subprocess.run(
+        [uv, "build", "--quiet", "--wheel", "--package", "edifice", "--out-dir", str(out)], cwd=ROOT, check=True
+    )
     (path,) = out.glob("edifice-*.whl")
     return path
 

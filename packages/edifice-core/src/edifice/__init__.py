@@ -69,6 +69,7 @@ __all__ = [
     "ops",
     "plugins",
     "save",
+    "testing",
 ]
 
 # Torch-backed names, imported on first access so that `import edifice` stays light.

@@ -29,14 +29,17 @@ def example_inputs(
         cfg: ArchConfig = _config(name_or_model)
         device = None
     else:
-        cfg = name_or_model.config
+        found = getattr(name_or_model, "config", None)
+        if not isinstance(found, ArchConfig):
+            raise TypeError(f"example_inputs expects an architecture name or an Edifice model, got {name_or_model!r}")
+        cfg = found
         device = next(name_or_model.parameters(), torch.empty(0)).device
     spec = get_spec(cfg.arch)
-    return _example_inputs(spec, cfg, batch_size, device=device, generator=generator, **dims)
+    return _example_inputs(spec, cfg, batch_size, device=device, generator=generator, dims=dims)
 
 
 def convert(name: str, source: Any, **kwargs: Any) -> nn.Module:
-    """Convert a foreign model or checkpoint with the converter registered as ``name`` (see ``edifice.converters()``)."""
+    """Convert a foreign model or checkpoint with the converter registered as ``name`` (``edifice.converters()``)."""
     table = converters()
     if name not in table:
         raise UnknownArchitecture(f"unknown converter {name!r}; registered converters: {', '.join(sorted(table))}")

@@ -84,7 +84,7 @@ def validate_inputs(spec: ArchSpec, config: ArchConfig, inputs: Mapping[str, Any
         if key not in specs and inputs[key] is not None:
             raise InputError(f"{name}: unexpected input '{key}'; expected inputs: {', '.join(specs)}")
     # Bind bare symbols first (B, T, N, ...), then check every dimension, so the order of inputs does not matter.
-    for key, ts, value in present:
+    for _key, ts, value in present:
         shape = resolve_shape_pattern(ts, env)
         if len(shape) == value.dim():
             for dim, size in zip(shape, value.shape, strict=True):
@@ -166,12 +166,12 @@ def example_inputs(
     device: str | torch.device | None = None,
     generator: torch.Generator | None = None,
     include_optional: bool = False,
-    **dims: int,
+    dims: Mapping[str, int] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Random inputs matching the spec for ``config``: ``B = batch_size``, other symbols from ``dims``."""
     if generator is None:
         generator = torch.Generator().manual_seed(0)
-    sizes = {**DEFAULT_DIMS, "B": batch_size, **dims}
+    sizes = {**DEFAULT_DIMS, "B": batch_size, **(dims or {})}
     env = {**_env(config), **sizes}
     out: dict[str, torch.Tensor] = {}
     for key, ts in active_specs(spec.inputs, config).items():
@@ -200,5 +200,6 @@ def _random(ts: TensorSpec, shape: tuple[int, ...], env: Mapping[str, Any], gene
         return torch.randint(low, high, shape, generator=generator, dtype=dtype)
     if domain.low is not None:
         low, high = domain.bounds(env)
-        return torch.rand(shape, generator=generator, dtype=dtype) * (high - low) + low
+        uniform = torch.rand(shape, generator=generator, dtype=dtype)
+        return uniform * float(high - low) + float(low)
     return torch.randn(shape, generator=generator, dtype=dtype)

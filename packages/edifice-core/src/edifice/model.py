@@ -52,13 +52,14 @@ class Model(nn.Module):
     def example_inputs(self, batch_size: int = 2, **dims: int) -> dict[str, torch.Tensor]:
         """Random inputs for this module, on its device."""
         device = next(self.parameters(), torch.empty(0)).device
-        return example_inputs(self.spec, self.config, batch_size, device=device, **dims)
+        return example_inputs(self.spec, self.config, batch_size, device=device, dims=dims)
 
     def reset_parameters(self) -> None:
         """Re-initialise every parameter as the paper prescribes (default: each child's own ``reset_parameters``)."""
         for module in self.modules():
-            if module is not self and hasattr(module, "reset_parameters"):
-                module.reset_parameters()
+            reset = getattr(module, "reset_parameters", None)
+            if module is not self and callable(reset):
+                reset()
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute layer activations in the backward pass to save memory (gradients are unchanged)."""

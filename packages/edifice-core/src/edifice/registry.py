@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 from typing import TYPE_CHECKING, Any
@@ -105,19 +106,11 @@ def build(
         arch = name
         cfg = config(arch, **overrides)
     cls = model_class(arch)
-    with torch.device(device) if device is not None else _nullcontext():
+    with torch.device(device) if device is not None else contextlib.nullcontext():
         model = cls(cfg)
     if dtype is not None:
         model = model.to(to_dtype(dtype))
     return model
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _check_requirements(spec: ArchSpec) -> None:
@@ -126,7 +119,9 @@ def _check_requirements(spec: ArchSpec) -> None:
         if block not in registry.items("blocks"):
             provider = BLOCK_PROVIDERS.get(block)
             hint = f" Install it with: {install_hint(provider)}" if provider else ""
-            raise MissingDependency(f"{spec.name}: needs the block {block!r}, which no installed plugin provides.{hint}")
+            raise MissingDependency(
+                f"{spec.name}: needs the block {block!r}, which no installed plugin provides.{hint}"
+            )
     for arch in spec.requires_archs:
         if arch not in registry.items("architectures"):
             entry = catalogue().get(arch)

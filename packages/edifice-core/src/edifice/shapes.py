@@ -122,7 +122,9 @@ def _eval(node: ast.expr, env: Mapping[str, Any]) -> Any:
     raise ValueError(f"unsupported expression node {type(node).__name__}")  # pragma: no cover - _parse rejects it
 
 
-_DOMAIN = re.compile(r"^(?P<kind>float|int|bool)(?:(?P<lo_br>\[)\s*(?P<lo>[^,]+?)\s*,\s*(?P<hi>[^\])]+?)\s*(?P<hi_br>[\])]))?$")
+_DOMAIN = re.compile(
+    r"^(?P<kind>float|int|bool)(?:(?P<lo_br>\[)\s*(?P<lo>[^,]+?)\s*,\s*(?P<hi>[^\])]+?)\s*(?P<hi_br>[\])]))?$"
+)
 
 
 class Domain:

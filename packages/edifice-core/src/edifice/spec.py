@@ -67,7 +67,8 @@ class TensorSpec:
             raise PluginError(f"TensorSpec dtype {self.dtype!r} is not one of {', '.join(_DTYPES)}")
         if not _DOMAIN.match(self.domain):
             raise PluginError(
-                f"TensorSpec domain {self.domain!r} must look like 'float', 'bool', 'float[0, 1]' or 'int[0, vocab_size)'"
+                f"TensorSpec domain {self.domain!r} must look like "
+                "'float', 'bool', 'float[0, 1]' or 'int[0, vocab_size)'"
             )
         object.__setattr__(self, "shape", tuple(self.shape))
 
@@ -162,7 +163,8 @@ class ArchSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-native description of the spec (for ``edifice info --json``)."""
-        return _jsonable(dataclasses.asdict(self))
+        data: dict[str, Any] = _jsonable(dataclasses.asdict(self))
+        return data
 
 
 def _jsonable(value: Any) -> Any:

@@ -31,7 +31,9 @@ def _spec(**kw: Any) -> ArchSpec:
         "model": "x.y:Seq",
         "inputs": {
             "x": TensorSpec(("B", "T", "d_model"), when="vocab_size is None"),
-            "input_ids": TensorSpec(("B", "T"), dtype="int64", domain="int[0, vocab_size)", when="vocab_size is not None"),
+            "input_ids": TensorSpec(
+                ("B", "T"), dtype="int64", domain="int[0, vocab_size)", when="vocab_size is not None"
+            ),
             "attention_mask": TensorSpec(("B", "T"), dtype="bool", domain="bool", optional=True),
             "timestep": TensorSpec(("B",), domain="float[0, 1]", optional=True),
         },
@@ -63,10 +65,16 @@ def test_valid_inputs_bind_symbols() -> None:
     [
         ({"x": torch.randn(2, 5, 4)}, "seq: input 'x' expected [B, T, 8] (d_model=8), got [2, 5, 4]"),
         ({"x": torch.randn(2, 8)}, "seq: input 'x' expected [B, T, 8] (d_model=8), got [2, 8]"),
-        ({"x": torch.zeros(2, 5, 8, dtype=torch.long)}, "seq: input 'x' expected dtype float32 (a floating dtype), got int64"),
+        (
+            {"x": torch.zeros(2, 5, 8, dtype=torch.long)},
+            "seq: input 'x' expected dtype float32 (a floating dtype), got int64",
+        ),
         ({"x": [1.0]}, "seq: input 'x' expected a torch.Tensor, got list"),
         ({}, "seq: input 'x' is required, expected [B, T, 8] (d_model=8)"),
-        ({"x": torch.randn(2, 5, 8), "y": torch.ones(1)}, "seq: unexpected input 'y'; expected inputs: x, attention_mask, timestep"),
+        (
+            {"x": torch.randn(2, 5, 8), "y": torch.ones(1)},
+            "seq: unexpected input 'y'; expected inputs: x, attention_mask, timestep",
+        ),
         (
             {"x": torch.randn(2, 5, 8), "attention_mask": torch.ones(3, 5, dtype=torch.bool)},
             "seq: input 'attention_mask' expected [B, T], got [3, 5]",
@@ -97,7 +105,7 @@ def test_token_ids_domain_and_dtype() -> None:
 
 
 def test_example_inputs_match_the_spec() -> None:
-    inputs = example_inputs(_spec(), SeqConfig(), 3, T=4)
+    inputs = example_inputs(_spec(), SeqConfig(), 3, dims={"T": 4})
     assert set(inputs) == {"x"} and inputs["x"].shape == (3, 4, 8)
     validate_inputs(_spec(), SeqConfig(), inputs)
     everything = example_inputs(_spec(), SeqConfig(), 2, include_optional=True)
@@ -105,7 +113,7 @@ def test_example_inputs_match_the_spec() -> None:
     assert ((everything["timestep"] >= 0) & (everything["timestep"] <= 1)).all()
     validate_inputs(_spec(), SeqConfig(), everything)
     ids = example_inputs(_spec(), SeqConfig(vocab_size=7), 2, generator=torch.Generator().manual_seed(1))["input_ids"]
-    assert ids.dtype == torch.int64 and 0 <= ids.min() and ids.max() < 7
+    assert ids.dtype == torch.int64 and ids.min() >= 0 and ids.max() < 7
 
 
 def test_graph_batch_vector() -> None:
@@ -119,7 +127,7 @@ def test_graph_batch_vector() -> None:
             "labels": TensorSpec(("N",), dtype="int64", domain="int"),
         },
     )
-    inputs = example_inputs(spec, SeqConfig(), 3, N=7)
+    inputs = example_inputs(spec, SeqConfig(), 3, dims={"N": 7})
     assert inputs["batch"].tolist() == sorted(inputs["batch"].tolist()) and set(inputs["batch"].tolist()) == {0, 1, 2}
     assert inputs["edge_index"].max() < 7
     validate_inputs(spec, SeqConfig(), inputs)

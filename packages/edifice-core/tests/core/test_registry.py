@@ -164,7 +164,11 @@ def test_requirements(toy: None) -> None:
 def test_listing(toy: None) -> None:
     names = edifice.list_architectures(family="toys")
     assert names == sorted(names) and "toy_mlp" in names
-    assert edifice.list_architectures(pattern="toy_needs_*") == ["toy_needs_arch", "toy_needs_block", "toy_needs_unknown"]
+    assert edifice.list_architectures(pattern="toy_needs_*") == [
+        "toy_needs_arch",
+        "toy_needs_block",
+        "toy_needs_unknown",
+    ]
     assert edifice.list_architectures(family="toys", causal=True) == ["toy_mlp"]
     assert "toys" in edifice.families()
     with pytest.raises(ValueError, match="unknown flag 'casual'"):

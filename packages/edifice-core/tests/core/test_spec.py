@@ -54,7 +54,9 @@ def test_invalid_specs_are_rejected(overrides: dict[str, Any], fragment: str) ->
 
 
 def test_weakening_flags_with_reasons() -> None:
-    spec = _spec(batch_coupled=True, compile_fullgraph=False, reasons={"batch_coupled": "BN", "no_compile_fullgraph": "x"})
+    spec = _spec(
+        batch_coupled=True, compile_fullgraph=False, reasons={"batch_coupled": "BN", "no_compile_fullgraph": "x"}
+    )
     assert spec.weakened_checks() == ["batch_coupled", "no_compile_fullgraph"]
 
 
