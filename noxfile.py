@@ -85,12 +85,17 @@ def isolation(session: nox.Session, distribution: str) -> None:
             session.run(
                 "uv", "build", "--quiet", "--wheel", "--package", package, "--out-dir", str(wheels), external=True
             )
-        requirements = wheels / "requirements.txt"
-        session.run(
-            "uv", "export", "--frozen", "--quiet", "--no-hashes", "--no-header", "--no-default-groups",
-            "--no-emit-workspace", "--package", distribution, "--output-file", str(requirements), external=True,
-        )  # fmt: skip
-        session.run_install("uv", "pip", "install", "--quiet", "-r", str(requirements), *map(str, wheels.glob("*.whl")))
+        # Pinned third-party requirements from the lock: the family's own, and core's `testing` extra (pytest),
+        # since the smoke test runs the contract kit.
+        requirements = []
+        for package, extra in ((distribution, ()), ("edifice-core", ("--extra", "testing"))):
+            path = wheels / f"requirements-{package}.txt"
+            session.run(
+                "uv", "export", "--frozen", "--quiet", "--no-hashes", "--no-header", "--no-default-groups",
+                "--no-emit-workspace", "--package", package, *extra, "--output-file", str(path), external=True,
+            )  # fmt: skip
+            requirements += ["-r", str(path)]
+        session.run_install("uv", "pip", "install", "--quiet", *requirements, *map(str, wheels.glob("*.whl")))
         session.run(
             "python", str(ROOT / "tests" / "isolation_smoke.py"), distribution, env={"EDIFICE_STRICT_PLUGINS": "1"}
         )

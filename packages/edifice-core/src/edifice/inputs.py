@@ -19,7 +19,7 @@ from edifice.errors import InputError
 from edifice.shapes import evaluate, names_in, parse_domain
 from edifice.spec import ArchSpec, TensorSpec
 
-__all__ = ["DEFAULT_DIMS", "active_specs", "example_inputs", "resolve_shape", "validate_inputs"]
+__all__ = ["DEFAULT_DIMS", "active_specs", "dtype_matches", "example_inputs", "resolve_shape", "validate_inputs"]
 
 #: Sizes given to free shape symbols by :func:`example_inputs` unless overridden.
 DEFAULT_DIMS: dict[str, int] = {"T": 8, "N": 10, "E": 24, "H": 16, "W": 16}
@@ -46,12 +46,13 @@ def resolve_shape(ts: TensorSpec, config: ArchConfig, dims: Mapping[str, int]) -
     return tuple(out)
 
 
-def _dtype_ok(ts: TensorSpec, tensor: torch.Tensor) -> bool:
-    if ts.dtype == "bool":
-        return tensor.dtype == torch.bool
-    if ts.dtype.startswith("int"):
-        return not tensor.dtype.is_floating_point and not tensor.dtype.is_complex and tensor.dtype != torch.bool
-    return tensor.dtype.is_floating_point
+def dtype_matches(declared: str, dtype: torch.dtype) -> bool:
+    """Whether ``dtype`` is of the kind a spec's dtype string declares (any float, any integer, or bool)."""
+    if declared == "bool":
+        return dtype == torch.bool
+    if declared.startswith("int"):
+        return not dtype.is_floating_point and not dtype.is_complex and dtype != torch.bool
+    return dtype.is_floating_point
 
 
 def _dtype_words(ts: TensorSpec) -> str:
@@ -97,10 +98,13 @@ def validate_inputs(spec: ArchSpec, config: ArchConfig, inputs: Mapping[str, Any
         if len(shape) != value.dim():
             raise InputError(f"{name}: input '{key}' expected {expected}, got {got}")
         for dim, size in zip(shape, value.shape, strict=True):
-            want = evaluate(dim, {**env, **bound}) if not isinstance(dim, int) else dim
+            try:
+                want = evaluate(dim, {**env, **bound}) if not isinstance(dim, int) else dim
+            except NameError:  # an expression of a symbol no input binds (e.g. cu_seqlens [N + 1]): unchecked
+                continue
             if want != size:
                 raise InputError(f"{name}: input '{key}' expected {expected}, got {got}")
-        if not _dtype_ok(ts, value):
+        if not dtype_matches(ts.dtype, value.dtype):
             raise InputError(f"{name}: input '{key}' expected dtype {_dtype_words(ts)}, got {_short(value.dtype)}")
         _check_domain(name, key, ts, value, {**env, **bound})
     return bound
@@ -183,8 +187,22 @@ def example_inputs(
             tensor = torch.div(torch.arange(n) * batch_size, n, rounding_mode="floor")
         else:
             tensor = _random(ts, shape, env, generator)
-        out[key] = tensor.to(device) if device is not None else tensor
-    return out
+        out[key] = tensor
+    if spec.layout == "graph" and "edge_index" in out and "batch" in out:
+        out["edge_index"] = _edges_within_graphs(out["edge_index"], out["batch"], batch_size, generator)
+    return {key: t.to(device) for key, t in out.items()} if device is not None else out
+
+
+def _edges_within_graphs(
+    edge_index: torch.Tensor, batch: torch.Tensor, n_graphs: int, generator: torch.Generator
+) -> torch.Tensor:
+    """Redraw each edge's target inside its source's graph (``batch`` is sorted), so that a sample is a graph."""
+    counts = torch.bincount(batch, minlength=n_graphs)
+    starts = torch.cumsum(counts, 0) - counts
+    graph = batch[edge_index[0]]
+    offset = torch.randint(0, 2**31 - 1, (edge_index.shape[1],), generator=generator)
+    target = starts[graph] + offset % counts[graph].clamp(min=1)
+    return torch.stack([edge_index[0], target.to(edge_index.dtype)])
 
 
 def _random(ts: TensorSpec, shape: tuple[int, ...], env: Mapping[str, Any], generator: torch.Generator) -> torch.Tensor:

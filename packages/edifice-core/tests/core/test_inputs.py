@@ -131,3 +131,22 @@ def test_graph_batch_vector() -> None:
     assert inputs["batch"].tolist() == sorted(inputs["batch"].tolist()) and set(inputs["batch"].tolist()) == {0, 1, 2}
     assert inputs["edge_index"].max() < 7
     validate_inputs(spec, SeqConfig(), inputs)
+
+
+def test_graph_edges_stay_inside_their_graph() -> None:
+    spec = _spec(
+        layout="graph",
+        inputs={
+            "x": TensorSpec(("N", "d_model")),
+            "edge_index": TensorSpec((2, "E"), dtype="int64", domain="int[0, N)"),
+            "batch": TensorSpec(("N",), dtype="int64", domain="int[0, B)"),
+        },
+    )
+    inputs = example_inputs(spec, SeqConfig(), 3, dims={"N": 9, "E": 40})
+    src, dst = inputs["edge_index"]
+    assert torch.equal(inputs["batch"][src], inputs["batch"][dst])
+
+
+def test_expression_of_an_unbound_symbol_is_not_checked() -> None:
+    spec = _spec(inputs={"x": TensorSpec(("B", "T", "d_model")), "cu_seqlens": TensorSpec(("S + 1",), dtype="int32")})
+    validate_inputs(spec, SeqConfig(), {"x": torch.randn(1, 5, 8), "cu_seqlens": torch.tensor([0, 2, 5])})

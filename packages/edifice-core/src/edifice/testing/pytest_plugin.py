@@ -1,0 +1,129 @@
+"""Edifice's pytest plugin for plugin authors and for Edifice itself (opt-in, never auto-loaded).
+
+Enable it in a ``conftest.py`` at the root of the test run::
+
+    pytest_plugins = ["edifice.testing.pytest_plugin"]
+
+It adds:
+
+* the ``signature(name)`` marker (see :func:`edifice.testing.signature`);
+* the ``edifice_plugin`` fixture: ``edifice_plugin(plugin_or_specs..., name=None)`` registers a plugin object (or a
+  plugin made of ``ArchSpec``/``BlockSpec``/``OpOverride``/``Converter`` items) for one test and returns its
+  :class:`~edifice.plugins.PluginRecord`; everything is unregistered at teardown;
+* ``--edifice-require-signatures``: collection fails, listing them, when a registered architecture has no test marked
+  ``signature(<name>)`` among the collected tests;
+* ``--edifice-check-time-limit SECONDS``: the per-check time limit of the contract checks (default 2 s, or the
+  ``EDIFICE_CHECK_TIME_LIMIT`` environment variable; ``0`` disables it), and a terminal summary of the slowest checks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, cast
+
+import pytest
+
+from edifice.plugins import PluginRecord
+from edifice.testing import timing
+from edifice.testing.registration import registrar
+
+__all__ = ["edifice_plugin"]
+
+_USER_PROPERTY = "edifice_check_seconds"
+_SUMMARY_SIZE = 5
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Add the ``--edifice-*`` options."""
+    group = parser.getgroup("edifice", "Edifice contract kit")
+    group.addoption(
+        "--edifice-require-signatures",
+        action="store_true",
+        default=False,
+        help="fail collection when a registered architecture has no test marked signature(<name>)",
+    )
+    group.addoption(
+        "--edifice-check-time-limit",
+        default=None,
+        metavar="SECONDS",
+        help=f"seconds a contract check may take (default {timing.DEFAULT_TIME_LIMIT:g}, ${timing.ENV_VAR}; 0: none)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the marker, apply the time limit option and start the timing report."""
+    config.addinivalue_line("markers", "signature(name): the test proving the defining mechanism of architecture name")
+    value = config.getoption("--edifice-check-time-limit")
+    if value is not None:
+        try:
+            timing.set_time_limit(timing.parse_limit(value, source="--edifice-check-time-limit"))
+        except ValueError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    config.pluginmanager.register(_TimingReport(), "edifice-timing-report")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Undo the time limit option (in-process pytest runs share this module)."""
+    if config.getoption("--edifice-check-time-limit") is not None:
+        timing.reset_time_limit()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With ``--edifice-require-signatures``, fail when a registered architecture has no signature test.
+
+    Runs before ``-k``/``-m`` deselection: a signature test counts when it is collected, whether or not it runs.
+    """
+    if not config.getoption("--edifice-require-signatures"):
+        return
+    from edifice.registry import list_architectures
+
+    covered = {str(m.args[0]) for item in items for m in item.iter_markers("signature") if m.args}
+    missing = sorted(set(list_architectures()) - covered)
+    if missing:
+        message = (
+            f"--edifice-require-signatures: {len(missing)} registered architecture(s) have no test marked "
+            f"@signature(<name>) in this session: {', '.join(missing)}. Add one per architecture, proving its "
+            "defining mechanism (its spec's `verification`)."
+        )
+        # A failed collect report, not an exception: pytest (and pytest-xdist, from its workers) then shows it as a
+        # collection error and stops before running tests, exactly as for a test module that fails to import.
+        report = pytest.CollectReport("edifice-require-signatures", "failed", message, [])
+        config.hook.pytest_collectreport(report=report)
+
+
+@pytest.fixture
+def edifice_plugin() -> Iterator[Callable[..., PluginRecord]]:
+    """Register plugin objects (or spec items) for this test: ``edifice_plugin(obj_or_specs..., name=None)``."""
+    with registrar() as register:
+        yield register
+
+
+class _TimingReport:
+    """Carries each test's contract-check timings to the controller (also under xdist) and reports the slowest."""
+
+    def __init__(self) -> None:
+        self.timings: list[tuple[str, float]] = []
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+        outcome: Any = yield
+        if call.when == "call":
+            report = outcome.get_result()
+            for t in timing.drain():
+                report.user_properties.append((_USER_PROPERTY, (f"{t.arch}-{t.check}", t.seconds)))
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        for key, value in report.user_properties:
+            if key == _USER_PROPERTY:
+                label, seconds = cast(tuple[str, float], value)
+                self.timings.append((label, seconds))
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not self.timings:
+            return
+        limit = timing.time_limit()
+        slowest = sorted(self.timings, key=lambda t: -t[1])[:_SUMMARY_SIZE]
+        terminalreporter.write_sep("-", f"edifice: slowest contract checks (limit {limit or 'none'} s)")
+        for label, seconds in slowest:
+            terminalreporter.write_line(f"{seconds:6.2f} s  {label}")

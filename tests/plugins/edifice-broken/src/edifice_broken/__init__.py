@@ -1,0 +1,1 @@
+"""Test fixture: an Edifice plugin distribution whose entry point fails to import."""
