@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import importlib
-import pkgutil
+import importlib.util
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -69,14 +68,19 @@ def api_pages() -> dict[str, str]:
     """One API reference page per public module (``docs/api/<module>.md``)."""
     pages: dict[str, str] = {}
     for package_name in API_PACKAGES:
-        package = importlib.import_module(package_name)
-        modules = [package_name]
-        for info in pkgutil.walk_packages(package.__path__, prefix=f"{package_name}."):
-            leaf = info.name.rsplit(".", 1)[-1]
-            if leaf.startswith("_") or ".testing.pytest_plugin" in info.name or info.name.endswith("__main__"):
+        # Walk the files rather than importing (pkgutil would silently drop a module whose import fails in this
+        # environment, e.g. edifice.testing without pytest); mkdocstrings reads the sources statically too.
+        spec = importlib.util.find_spec(package_name)
+        if spec is None or not spec.submodule_search_locations:
+            raise SystemExit(f"{package_name} is not installed")
+        root = Path(next(iter(spec.submodule_search_locations)))
+        for path in sorted(root.rglob("*.py")):
+            parts = path.relative_to(root).with_suffix("").parts
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            if any(p.startswith("_") for p in parts) or parts[-1:] == ("pytest_plugin",):
                 continue
-            modules.append(info.name)
-        for module in sorted(modules):
+            module = ".".join((package_name, *parts))
             pages[f"api/{module}.md"] = f"# `{module}`\n\n::: {module}\n"
     index = ["# API reference", "", "Generated from the docstrings.", ""]
     index += [f"- [`{Path(p).stem}`]({Path(p).name})" for p in sorted(pages)]

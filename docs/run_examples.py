@@ -9,6 +9,7 @@ import re
 import sys
 import time
 import traceback
+import types
 from pathlib import Path
 
 ROOT = Path(__file__).parent.parent
@@ -17,14 +18,17 @@ BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 def run_file(path: Path) -> int:
     """Run the Python blocks of one markdown file; return the number of failing blocks."""
-    namespace: dict[str, object] = {"__name__": f"docs_example_{path.stem}"}
+    # A real module in sys.modules, so that dataclasses and the like defined in an example resolve their module.
+    module = types.ModuleType(f"docs_example_{path.stem}")
+    sys.modules[module.__name__] = module
+    namespace = module.__dict__
     failures = 0
     text = path.read_text(encoding="utf-8")
     for number, match in enumerate(BLOCK.finditer(text), start=1):
         line = text.count("\n", 0, match.start()) + 2
         start = time.perf_counter()
         try:
-            exec(compile(match.group(1), f"{path.relative_to(ROOT)}:{line}", "exec"), namespace)
+            exec(compile(match.group(1), f"{path.relative_to(ROOT)}:{line}", "exec", dont_inherit=True), namespace)
         except Exception:
             failures += 1
             print(f"FAIL {path.relative_to(ROOT)} block {number} (line {line}):")
