@@ -203,3 +203,44 @@ def test_a_clashing_registration_raises_and_leaves_nothing_behind() -> None:
             pass
         assert "kit-second" not in {r.name for r in edifice.plugins()}
         assert edifice.info("kit_clash").plugin == "kit-first"
+
+
+MUTATED = """
+import torch
+import edifice
+from edifice.testing import signature
+
+def _attend(mask):
+    q = k = v = torch.eye(3).reshape(1, 1, 3, 3)
+    return edifice.ops.sdpa(q, k, v, causal=mask)
+
+@signature("inner_arch")
+def test_causal_attention_is_causal():
+    out = _attend(True)
+    torch.testing.assert_close(out[..., 0, :], torch.eye(3)[0].reshape(1, 1, 3))
+
+@signature("inner_arch")
+def test_blind_to_the_mask():
+    _attend(False)  # passes whatever attention does with masks: a signature test that proves nothing
+
+@signature("inner_arch")
+def test_without_attention():
+    assert 1 + 1 == 2
+
+def test_unmarked_is_untouched():
+    _attend(False)
+"""
+
+
+def test_mutate_option_inverts_signature_verdicts(run_pytest: Callable[..., Outcome]) -> None:
+    outcome = run_pytest(MUTATED, "--edifice-mutate", "sdpa")
+    assert outcome.returncode == 1, outcome.stdout
+    assert "1 failed, 3 passed" in outcome.stdout
+    assert "signature test of inner_arch still passes with sdpa mutated" in outcome.stdout
+    assert "sdpa: 1 killed, 1 survived, 1 unused" in outcome.stdout
+
+
+def test_mutate_option_rejects_unknown_ops(run_pytest: Callable[..., Outcome]) -> None:
+    outcome = run_pytest(MUTATED, "--edifice-mutate", "nonexistent_op")
+    assert outcome.returncode == 4
+    assert "unknown op(s) ['nonexistent_op']" in outcome.stderr + outcome.stdout

@@ -12,6 +12,10 @@ It adds:
   :class:`~edifice.plugins.PluginRecord`; everything is unregistered at teardown;
 * ``--edifice-require-signatures``: collection fails, listing them, when a registered architecture has no test marked
   ``signature(<name>)`` among the collected tests;
+* ``--edifice-mutate OP`` (repeatable): runs every collected signature test with ``edifice.ops.OP`` swapped for its
+  ready-made wrong implementation (:data:`edifice.testing.mutate.MUTATIONS`). A signature test that calls the mutated
+  op must then fail -- it is reported as passing when it does, and as failing when it still passes, since it would not
+  notice the mechanism breaking; tests that never call the op run unchanged;
 * ``--edifice-check-time-limit SECONDS``: the per-check time limit of the contract checks (default 2 s, or the
   ``EDIFICE_CHECK_TIME_LIMIT`` environment variable; ``0`` disables it), and a terminal summary of the slowest checks.
 """
@@ -30,6 +34,7 @@ from edifice.testing.registration import registrar
 __all__ = ["edifice_plugin"]
 
 _USER_PROPERTY = "edifice_check_seconds"
+_MUTATION_PROPERTY = "edifice_mutation"
 _SUMMARY_SIZE = 5
 
 
@@ -41,6 +46,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         default=False,
         help="fail collection when a registered architecture has no test marked signature(<name>)",
+    )
+    group.addoption(
+        "--edifice-mutate",
+        action="append",
+        default=[],
+        metavar="OP",
+        help="run signature tests with this op swapped for a wrong implementation; they must fail (repeatable)",
     )
     group.addoption(
         "--edifice-check-time-limit",
@@ -60,6 +72,14 @@ def pytest_configure(config: pytest.Config) -> None:
         except ValueError as exc:
             raise pytest.UsageError(str(exc)) from None
     config.pluginmanager.register(_TimingReport(), "edifice-timing-report")
+    mutations = config.getoption("--edifice-mutate")
+    if mutations:
+        from edifice.testing.mutate import MUTATIONS
+
+        unknown = sorted(set(mutations) - set(MUTATIONS))
+        if unknown:
+            raise pytest.UsageError(f"--edifice-mutate: unknown op(s) {unknown}; known: {', '.join(MUTATIONS)}")
+        config.pluginmanager.register(_Mutator(mutations), "edifice-mutator")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -127,3 +147,62 @@ class _TimingReport:
         terminalreporter.write_sep("-", f"edifice: slowest contract checks (limit {limit or 'none'} s)")
         for label, seconds in slowest:
             terminalreporter.write_line(f"{seconds:6.2f} s  {label}")
+
+
+class _Mutator:
+    """Runs signature tests under each mutated op and inverts the verdict where the op was called."""
+
+    def __init__(self, ops: list[str]) -> None:
+        self.ops = ops
+        self.verdicts: dict[str, dict[str, list[str]]] = {op: {} for op in ops}
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Iterator[None]:
+        names = [str(m.args[0]) for m in item.iter_markers("signature") if m.args]
+        if not names:
+            return (yield)
+        from edifice.testing.mutate import MUTATIONS, mutate_op
+
+        survived = []
+        for op in self.ops:
+            calls = 0
+
+            def counting(*args: Any, _wrong: Callable[..., Any] = MUTATIONS[op], **kwargs: Any) -> Any:
+                nonlocal calls
+                calls += 1
+                return _wrong(*args, **kwargs)
+
+            verdict = "killed"
+            with mutate_op(op, counting):
+                try:
+                    item.runtest()
+                except Exception:
+                    pass  # the mechanism broke and the signature test noticed: what we want
+                else:
+                    verdict = "survived" if calls else "unused"
+            if verdict == "survived":
+                survived.append(op)
+            item.user_properties.append((_MUTATION_PROPERTY, (op, verdict, ", ".join(names))))
+        if survived:
+            raise AssertionError(
+                f"signature test of {', '.join(names)} still passes with {', '.join(survived)} mutated "
+                "(edifice.testing.mutate.MUTATIONS): it does not prove the mechanism that uses the op"
+            )
+        # The body already ran under every mutation; the unmutated run belongs to the ordinary test session.
+        item.runtest = lambda: None  # type: ignore[method-assign]
+        return (yield)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when != "call":
+            return
+        for key, value in report.user_properties:
+            if key == _MUTATION_PROPERTY:
+                op, verdict, names = cast(tuple[str, str, str], value)
+                self.verdicts[op].setdefault(verdict, []).append(names)
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        terminalreporter.write_sep("-", "edifice: signature tests under mutated ops")
+        for op, verdicts in self.verdicts.items():
+            counts = ", ".join(f"{len(v)} {k}" for k, v in sorted(verdicts.items())) or "no signature tests"
+            killed = sorted(set(verdicts.get("killed", [])))
+            terminalreporter.write_line(f"{op}: {counts}" + (f" (caught by: {'; '.join(killed)})" if killed else ""))

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# GPU runs (DESIGN §9): build the wheels here, install them beside the GPU machine's own torch, run the tests there.
+#
+#   bash bench/gpu.sh build        # here: wheels into dist/ (ignored by git; carry it to the GPU machine)
+#   bash bench/gpu.sh run [ARGS]   # there: install dist/*.whl with --no-deps, then pytest -m gpu plus the whole
+#                                  # CPU suite against that torch; logs under $OUT (or ./gpu-logs)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+case "${1:-}" in
+build)
+    rm -rf dist
+    uv build --all-packages --wheel --quiet --out-dir dist
+    for plugin in tests/plugins/edifice-*; do uv build --wheel --quiet --out-dir dist "$plugin"; done
+    ls dist
+    ;;
+run)
+    shift
+    out="${OUT:-gpu-logs}"
+    mkdir -p "$out"
+    site="$(mktemp -d)"
+    python3 -m pip install --quiet --no-index --no-deps --no-compile --target "$site" dist/*.whl
+    export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 EDIFICE_TEST_PLUGINS=1
+    python3 - <<'PY' | tee "$out/environment.txt"
+import platform, torch, edifice
+print(f"python {platform.python_version()}, torch {torch.__version__}, cuda {torch.version.cuda}")
+print(f"device {torch.cuda.get_device_name()}, edifice-core {edifice.__version__}")
+PY
+    status=0
+    python3 -m pytest -p no:cacheprovider -m gpu -ra packages "$@" 2>&1 | tee "$out/gpu-tests.log" || status=$?
+    # The meta-package test builds a wheel with uv, which needs the network there: it runs in CI instead.
+    python3 -m pytest -p no:cacheprovider -n 8 --edifice-require-signatures -ra packages tests --ignore=tests/test_meta_package.py "$@" \
+        2>&1 | tee "$out/cpu-suite.log" || status=$?
+    exit "$status"
+    ;;
+*)
+    echo "usage: bash bench/gpu.sh build | run [pytest args]" >&2
+    exit 2
+    ;;
+esac
