@@ -19,7 +19,7 @@ from edifice.catalogue import catalogue
 DOCS = Path(__file__).parent
 FLAG_NAMES = ("causal", "stateful", "variable_length", "stochastic", "batch_coupled", "needs_fit", "needs_cuda")
 #: Packages whose modules get an API reference page (torch-backed modules included: mkdocstrings reads sources).
-API_PACKAGES = ("edifice", "edifice_attention")
+API_PACKAGES = ("edifice", "edifice_attention", "edifice_ssm", "edifice_recurrent")
 
 
 def architectures_page() -> str:

@@ -34,6 +34,7 @@ __all__ = [
     "PluginRecord",
     "PluginWarning",
     "Registry",
+    "collect_specs",
     "get_registry",
     "load_object",
 ]
@@ -300,3 +301,22 @@ def get_registry() -> Registry:
     if _REGISTRY is None:
         _REGISTRY = Registry()
     return _REGISTRY
+
+
+def collect_specs(package: str, attribute: str = "SPECS") -> list[Any]:
+    """Gather ``attribute`` (a sequence) from every module of ``package`` (e.g. a family's torch-free ``configs``).
+
+    Lets a family keep each architecture's spec beside its config (``configs/<arch>.py`` defines ``SPECS``,
+    and optionally ``BLOCKS`` and ``CONVERTERS``) while its plugin stays a three-line loop; modules are visited in
+    sorted order so registration is deterministic.
+    """
+    import pkgutil
+
+    root = importlib.import_module(package)
+    found: list[Any] = []
+    for info in sorted(pkgutil.iter_modules(root.__path__), key=lambda i: i.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{package}.{info.name}")
+        found.extend(getattr(module, attribute, ()))
+    return found

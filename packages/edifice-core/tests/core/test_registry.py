@@ -327,3 +327,18 @@ def test_lazy_attributes() -> None:
     assert "save" in dir(edifice)
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         edifice.nope  # noqa: B018
+
+
+def test_collect_specs_reads_every_module_in_order(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edifice.plugins import collect_specs
+
+    package = tmp_path / "family_cfgs_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "b_arch.py").write_text("SPECS = ['b1', 'b2']\nBLOCKS = ['blk']\n")
+    (package / "a_arch.py").write_text("SPECS = ['a']\n")
+    (package / "_private.py").write_text("SPECS = ['hidden']\n")
+    (package / "no_specs.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert collect_specs("family_cfgs_pkg") == ["a", "b1", "b2"]
+    assert collect_specs("family_cfgs_pkg", "BLOCKS") == ["blk"]

@@ -1,0 +1,1 @@
+"""Edifice recurrent, liquid and neuromorphic architectures."""

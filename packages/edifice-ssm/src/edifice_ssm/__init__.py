@@ -1,0 +1,1 @@
+"""Edifice state-space and hybrid architectures."""
