@@ -39,9 +39,12 @@ def test_core_blocks_are_registered() -> None:
     assert set(TINY) <= core
 
 
-def test_missing_blocks_raise_with_install_hint() -> None:
-    with pytest.raises(MissingDependency, match=r"'mamba2' is provided by edifice-ssm.*pip install \"edifice\[ssm\]\""):
-        blocks.get("mamba2")
+def test_missing_blocks_raise_with_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edifice.catalogue import BLOCK_PROVIDERS
+
+    monkeypatch.setitem(BLOCK_PROVIDERS, "vision_stem", "edifice-vision")  # a provider that is not installed
+    with pytest.raises(MissingDependency, match=r"'vision_stem' is provided by edifice-vision.*\"edifice\[vision\]\""):
+        blocks.get("vision_stem")
     with pytest.raises(MissingDependency, match=r"unknown block 'rmsnrom'.*Did you mean 'rmsnorm'"):
         blocks.get("rmsnrom")
     with pytest.raises(TypeError):

@@ -75,7 +75,7 @@ def test_list_json_is_sorted_and_complete(capsys: pytest.CaptureFixture[str], cl
 
 @pytest.mark.parametrize(
     ("family", "message"),
-    [("ssm", 'pip install "edifice[ssm]"'), ("tset", "unknown family 'tset'"), ("tset", "Did you mean 'test'")],
+    [("vision", 'pip install "edifice[vision]"'), ("tset", "unknown family 'tset'"), ("tset", "Did you mean 'test'")],
 )
 def test_list_unknown_family_exits_2(
     capsys: pytest.CaptureFixture[str], cli_plugin: ModuleType, family: str, message: str

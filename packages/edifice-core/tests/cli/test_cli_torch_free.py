@@ -69,7 +69,7 @@ def test_plugin_command_runs_from_the_entry_point(plugin_env: dict[str, str]) ->
     ("args", "message"),
     [
         (["info", "no_such_net"], "edifice info: error: unknown architecture 'no_such_net'"),
-        (["info", "mamba"], 'pip install "edifice[ssm]"'),
+        (["info", "densenet"], 'pip install "edifice[vision]"'),
         (["boom"], "edifice boom: error: boom: field 'x' is wrong"),
     ],
 )

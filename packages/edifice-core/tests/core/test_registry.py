@@ -15,6 +15,7 @@ from torch import nn
 
 import edifice
 from edifice import ArchConfig, ArchSpec, ConfigError, MissingDependency, Paper, TensorSpec, UnknownArchitecture, field
+from edifice.catalogue import BLOCK_PROVIDERS
 from edifice.errors import InputError, PluginError
 from edifice.plugins import PluginWarning, get_registry, load_object
 from edifice.registry import missing_requirements
@@ -74,8 +75,8 @@ class ToyPlugin:
     def register_architectures(register: Callable[..., None]) -> None:
         register(_spec("toy_mlp", causal=True))
         register(_spec("toy_fixed", defaults={"mode": "fixed"}, fixed=("mode",), alias_of="toy_mlp"))
-        register(_spec("toy_needs_block", requires_blocks=("mamba2",)))
-        register(_spec("toy_needs_arch", requires_archs=("mamba",)))
+        register(_spec("toy_needs_block", requires_blocks=("vision_stem",)))
+        register(_spec("toy_needs_arch", requires_archs=("densenet",)))
         register(_spec("toy_needs_unknown", requires_blocks=("nonexistent",), requires_archs=("not_in_catalogue",)))
 
     @staticmethod
@@ -142,8 +143,10 @@ def test_config_errors(toy: None) -> None:
 def test_unknown_architecture_hints(toy: None) -> None:
     with pytest.raises(UnknownArchitecture, match="Did you mean 'toy_mlp'"):
         edifice.build("toy_mpl")
-    with pytest.raises(UnknownArchitecture, match=r'edifice-ssm, which is not installed: pip install "edifice\[ssm\]"'):
-        edifice.config("mamba")
+    with pytest.raises(
+        UnknownArchitecture, match=r'edifice-vision, which is not installed: pip install "edifice\[vision\]"'
+    ):
+        edifice.config("densenet")
     with pytest.raises(KeyError):
         edifice.get_spec("zzzz_nothing_like_it")
     with pytest.raises(TypeError, match="must be a str"):
@@ -151,10 +154,11 @@ def test_unknown_architecture_hints(toy: None) -> None:
     assert str(UnknownArchitecture()) == ""
 
 
-def test_requirements(toy: None) -> None:
-    with pytest.raises(MissingDependency, match=r'block \'mamba2\'.*pip install "edifice\[ssm\]"'):
+def test_requirements(toy: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(BLOCK_PROVIDERS, "vision_stem", "edifice-vision")  # a provider that is not installed
+    with pytest.raises(MissingDependency, match=r'block \'vision_stem\'.*pip install "edifice\[vision\]"'):
         edifice.build("toy_needs_block")
-    with pytest.raises(MissingDependency, match=r"architecture 'mamba'.*edifice\[ssm\]"):
+    with pytest.raises(MissingDependency, match=r"architecture 'densenet'.*edifice\[vision\]"):
         edifice.build("toy_needs_arch")
     message = missing_requirements("toy_needs_unknown")
     assert message is not None and "nonexistent" in message and "Install" not in message

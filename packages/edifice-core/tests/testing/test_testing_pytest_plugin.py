@@ -244,3 +244,11 @@ def test_mutate_option_rejects_unknown_ops(run_pytest: Callable[..., Outcome]) -
     outcome = run_pytest(MUTATED, "--edifice-mutate", "nonexistent_op")
     assert outcome.returncode == 4
     assert "unknown op(s) ['nonexistent_op']" in outcome.stderr + outcome.stdout
+
+
+def test_mutate_all_covers_every_known_op(run_pytest: Callable[..., Outcome]) -> None:
+    from edifice.testing.mutate import MUTATIONS
+
+    outcome = run_pytest(MUTATED, "--edifice-mutate", "all")
+    for op in MUTATIONS:
+        assert f"{op}: " in outcome.stdout

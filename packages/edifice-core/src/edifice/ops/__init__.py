@@ -31,8 +31,14 @@ from edifice.ops._registry import (
 )
 from edifice.ops.attention import sdpa
 from edifice.ops.conv import causal_conv1d, causal_conv1d_state
+from edifice.ops.delta_rule import delta_rule, gated_delta_rule
+from edifice.ops.log_scan import log_scan
+from edifice.ops.long_conv import long_conv
+from edifice.ops.mlstm import mlstm
 from edifice.ops.norm import rms_norm
 from edifice.ops.recurrence import linear_recurrence
+from edifice.ops.selective_scan import selective_scan
+from edifice.ops.ssd import ssd
 
 __all__ = [
     "Implementation",
@@ -40,14 +46,21 @@ __all__ = [
     "OpWarning",
     "causal_conv1d",
     "causal_conv1d_state",
+    "delta_rule",
+    "gated_delta_rule",
     "get_op",
     "implementations",
     "linear_recurrence",
+    "log_scan",
+    "long_conv",
+    "mlstm",
     "mode",
     "names",
     "rms_norm",
     "sdpa",
     "selected",
+    "selective_scan",
+    "ssd",
     "swap",
     "use",
 ]

@@ -23,8 +23,14 @@ import torch.nn.functional as F
 
 __all__ = [
     "MUTATIONS",
+    "circular_long_conv",
+    "delta_rule_without_erase",
+    "mlstm_without_forget",
     "mutate_op",
+    "no_decay_log_scan",
     "no_decay_recurrence",
+    "no_decay_selective_scan",
+    "ssd_without_decay",
     "stateless_causal_conv1d",
     "unmasked_sdpa",
     "unnormalized_rms_norm",
@@ -58,6 +64,19 @@ def no_decay_recurrence(
     return h.to(b.dtype)
 
 
+def no_decay_log_scan(
+    log_a: torch.Tensor, log_b: torch.Tensor, log_initial: torch.Tensor | None = None, **ignored: Any
+) -> torch.Tensor:
+    """The log-space scan with ``a_t = 1``: ``log h_t = logcumsumexp(log b)_t``, a running sum that forgets nothing.
+
+    log_b ``[B, T, ...]`` (time on dim 1), log_initial ``[B, ...]`` -> log h ``[B, T, ...]``.
+    """
+    log_h = torch.logcumsumexp(log_b.float(), dim=1)
+    if log_initial is not None:
+        log_h = torch.logaddexp(log_h, log_initial.float().unsqueeze(1))
+    return log_h.to(log_b.dtype)
+
+
 def unnormalized_rms_norm(
     x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-6, **ignored: Any
 ) -> torch.Tensor:
@@ -82,12 +101,95 @@ def stateless_causal_conv1d(
     return y.transpose(1, 2)
 
 
+def delta_rule_without_erase(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    beta: torch.Tensor,
+    g: torch.Tensor | None = None,
+    *,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    **ignored: Any,
+) -> Any:
+    """The (gated) delta rule without its erase term ``-β k kᵀ S``: (gated) linear attention ``S_t = α_t S_{t-1} +
+    β_t k_t v_tᵀ``, which only accumulates and never corrects what a key already stores.
+
+    q, k ``[B, T, H, K]``, v ``[B, T, H, V]``, beta and g ``[B, T, H]`` -> ``(o [B, T, H, V], state [B, H, K, V])``.
+    """
+    from edifice.ops.recurrence import linear_recurrence_reference
+
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    decay = torch.ones_like(beta) if g is None else g.float().exp()
+    writes = (beta[..., None, None] * k[..., :, None] * v[..., None, :]).float()  # (B, T, H, K, V)
+    states = linear_recurrence_reference(decay[..., None, None], writes, initial_state)
+    o = torch.einsum("bthkv,bthk->bthv", states, q.float() * scale)
+    return o.to(v.dtype), states[:, -1]
+
+
+def ssd_without_decay(
+    x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, **kwargs: Any
+) -> Any:
+    """Mamba-2's SSD with ``A = 0``: the state never decays, so the layer is plain (dt-scaled) linear attention.
+
+    x ``[B, T, H, P]``, dt ``[B, T, H]``, A ``[H]``, B/C ``[B, T, G, N]`` -> y ``[B, T, H, P]`` (or ``(y, state)``).
+    """
+    from edifice.ops.ssd import ssd_reference
+
+    return ssd_reference(x, dt, torch.zeros_like(A), B, C, **kwargs)
+
+
+def mlstm_without_forget(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: torch.Tensor, *args: Any, **kwargs: Any
+) -> Any:
+    """The mLSTM with its forget gate stuck open (``f_t = 1``): the matrix memory only accumulates, never forgets.
+
+    q, k ``[B, H, T, K]``, v ``[B, H, T, V]``, i and f ``[B, H, T]`` -> ``(h [B, H, T, V], (C, n, m))``.
+    """
+    from edifice.ops.mlstm import mlstm_reference
+
+    return mlstm_reference(q, k, v, i, torch.full_like(f, torch.inf), *args, **kwargs)
+
+
+def no_decay_selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+    """Selective scan with ``A = 0``, so ``Ā = exp(Δ A) = 1``: the state sums ``Δ B u`` and never forgets.
+
+    Same layout as ``edifice.ops.selective_scan`` (u ``[B, T, D]``, A ``[D, N]``, ...).
+    """
+    from edifice.ops.selective_scan import selective_scan_reference
+
+    return selective_scan_reference(u, delta, torch.zeros_like(A), *args, **kwargs)
+
+
+def circular_long_conv(
+    u: torch.Tensor, k: torch.Tensor, skip: torch.Tensor | None = None, **ignored: Any
+) -> torch.Tensor:
+    """The long convolution without zero padding: a circular convolution, so late inputs wrap into early outputs.
+
+    u ``[B, T, D]``, k ``[D, L]`` or ``[B, D, L]``, skip ``[D]`` -> ``[B, T, D]``.
+    """
+    T = u.shape[1]
+    k = k[..., :T].float()
+    y: torch.Tensor = torch.fft.irfft(torch.fft.rfft(u.transpose(1, 2).float(), n=T) * torch.fft.rfft(k, n=T), n=T)
+    y = y.transpose(1, 2)  # (B, T, D)
+    if skip is not None:
+        y = y + skip.float() * u.float()
+    return y.to(u.dtype)
+
+
 #: The ready-made wrong implementation of each op, used when ``mutate_op`` is given none.
 MUTATIONS: dict[str, Callable[..., torch.Tensor]] = {
+    "mlstm": mlstm_without_forget,
+    "delta_rule": delta_rule_without_erase,
+    "gated_delta_rule": delta_rule_without_erase,
     "sdpa": unmasked_sdpa,
+    "ssd": ssd_without_decay,
     "linear_recurrence": no_decay_recurrence,
+    "log_scan": no_decay_log_scan,
     "rms_norm": unnormalized_rms_norm,
     "causal_conv1d": stateless_causal_conv1d,
+    "long_conv": circular_long_conv,
+    "selective_scan": no_decay_selective_scan,
 }
 
 

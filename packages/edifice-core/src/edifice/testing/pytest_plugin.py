@@ -12,10 +12,11 @@ It adds:
   :class:`~edifice.plugins.PluginRecord`; everything is unregistered at teardown;
 * ``--edifice-require-signatures``: collection fails, listing them, when a registered architecture has no test marked
   ``signature(<name>)`` among the collected tests;
-* ``--edifice-mutate OP`` (repeatable): runs every collected signature test with ``edifice.ops.OP`` swapped for its
-  ready-made wrong implementation (:data:`edifice.testing.mutate.MUTATIONS`). A signature test that calls the mutated
-  op must then fail -- it is reported as passing when it does, and as failing when it still passes, since it would not
-  notice the mechanism breaking; tests that never call the op run unchanged;
+* ``--edifice-mutate OP`` (repeatable; ``all`` for every op): runs every collected signature test with
+  ``edifice.ops.OP`` swapped for its ready-made wrong implementation (:data:`edifice.testing.mutate.MUTATIONS`).
+  A signature test that calls the mutated op must then fail -- it is reported as passing when it does, and as
+  failing when it still passes, since it would not notice the mechanism breaking; tests that never call the op run
+  unchanged;
 * ``--edifice-check-time-limit SECONDS``: the per-check time limit of the contract checks (default 2 s, or the
   ``EDIFICE_CHECK_TIME_LIMIT`` environment variable; ``0`` disables it), and a terminal summary of the slowest checks.
 """
@@ -52,7 +53,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="append",
         default=[],
         metavar="OP",
-        help="run signature tests with this op swapped for a wrong implementation; they must fail (repeatable)",
+        help="run signature tests with this op swapped for a wrong implementation; they must fail (repeatable; all)",
     )
     group.addoption(
         "--edifice-check-time-limit",
@@ -76,6 +77,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if mutations:
         from edifice.testing.mutate import MUTATIONS
 
+        if "all" in mutations:
+            mutations = list(MUTATIONS)
         unknown = sorted(set(mutations) - set(MUTATIONS))
         if unknown:
             raise pytest.UsageError(f"--edifice-mutate: unknown op(s) {unknown}; known: {', '.join(MUTATIONS)}")

@@ -1,0 +1,172 @@
+"""edifice.ops.delta_rule / gated_delta_rule: the chunked WY form vs the token loop and fla's naive code."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from edifice import ops
+from edifice.ops.delta_rule import (
+    delta_rule_naive,
+    delta_rule_reference,
+    gated_delta_rule_naive,
+    gated_delta_rule_reference,
+)
+from edifice.testing.mutate import delta_rule_without_erase
+
+TOL = 2e-5
+
+with warnings.catch_warnings():  # fla warns that it runs on CPU; its naive functions are plain PyTorch
+    warnings.simplefilter("ignore")
+    from fla.ops.delta_rule.naive import delta_rule_recurrence
+    from fla.ops.gated_delta_rule.naive import naive_recurrent_gated_delta_rule
+
+
+def make(
+    B: int, T: int, H: int, K: int, V: int, *, seed: int, gated: bool = True, state: bool = True
+) -> list[torch.Tensor | None]:
+    """q, k (L2-normalised), v, beta in (0, 2), log-decay g <= 0 (or None), initial state (or None)."""
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, T, H, K, generator=gen)
+    k = F.normalize(torch.randn(B, T, H, K, generator=gen), dim=-1)
+    v = torch.randn(B, T, H, V, generator=gen)
+    beta = 2 * torch.rand(B, T, H, generator=gen)  # negative eigenvalues of I - βkkᵀ allowed (β > 1)
+    g = -torch.rand(B, T, H, generator=gen) if gated else None
+    h0 = torch.randn(B, H, K, V, generator=gen) if state else None
+    return [q, k, v, beta, g, h0]
+
+
+def packed(fn: Callable[..., tuple[torch.Tensor, torch.Tensor]], **kw: Any) -> Callable[..., torch.Tensor]:
+    """``fn(q, k, v, beta[, g], initial_state)`` with outputs and final state flattened into one tensor."""
+
+    def call(*args: torch.Tensor) -> torch.Tensor:
+        *xs, h0 = args
+        o, S = fn(*xs, initial_state=h0, **kw)
+        return torch.cat([o.flatten(), S.flatten()])
+
+    return call
+
+
+# name: (B, T, H, K, V, chunk_size)
+SHAPES = {
+    "T1": (2, 1, 2, 4, 3, 64),
+    "T7-chunk3": (2, 7, 2, 5, 3, 3),
+    "T63-chunk16": (1, 63, 2, 8, 6, 16),
+    "T7-K60-chunk3": (1, 7, 1, 60, 60, 3),
+}
+
+
+@pytest.mark.parametrize("gated", [False, True], ids=["delta", "gated"])
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=list(SHAPES))
+def test_chunked_matches_token_loop(shape: tuple[int, ...], gated: bool, agree: Any) -> None:
+    *dims, chunk = shape
+    q, k, v, beta, g, h0 = make(*dims, seed=sum(dims), gated=gated)
+    if gated:
+        args = (q, k, v, beta, g, h0)
+        ref, naive = gated_delta_rule_reference, gated_delta_rule_naive
+    else:
+        args = (q, k, v, beta, h0)
+        ref, naive = delta_rule_reference, delta_rule_naive
+    agree(packed(ref, chunk_size=chunk), packed(naive), *args, atol=TOL, rtol=TOL)
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 2, 4, 3), (2, 7, 2, 5, 3), (1, 63, 2, 8, 6)], ids=["T1", "T7", "T63"])
+def test_gated_matches_fla_naive(shape: tuple[int, ...], agree: Any) -> None:
+    q, k, v, beta, g, h0 = make(*shape, seed=3)
+
+    def fla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, g: torch.Tensor, h0: torch.Tensor):
+        o, S = naive_recurrent_gated_delta_rule(q, k, v, beta, g, initial_state=h0, output_final_state=True)
+        return torch.cat([o.flatten(), S.flatten()])
+
+    agree(packed(ops.gated_delta_rule, chunk_size=16), fla, q, k, v, beta, g, h0, atol=TOL, rtol=TOL)
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 2, 4, 3), (2, 7, 2, 5, 3), (1, 63, 2, 8, 6)], ids=["T1", "T7", "T63"])
+def test_delta_matches_fla_naive(shape: tuple[int, ...], agree: Any) -> None:
+    q, k, v, beta, _, h0 = make(*shape, seed=4, gated=False)
+
+    def fla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
+        # fla's delta-rule oracle is head-major, [B, H, T, *].
+        o, S = delta_rule_recurrence(*(x.transpose(1, 2) for x in (q, k, v, beta)), initial_state=h0)
+        return torch.cat([o.transpose(1, 2).flatten(), S.flatten()])
+
+    agree(packed(ops.delta_rule, chunk_size=16), fla, q, k, v, beta, h0, atol=TOL, rtol=TOL)
+
+
+def test_chunk_size_and_splitting_do_not_change_the_result() -> None:
+    q, k, v, beta, g, h0 = make(2, 30, 2, 6, 4, seed=5)
+    assert g is not None
+    whole, S = ops.gated_delta_rule(q, k, v, beta, g, initial_state=h0, chunk_size=64)
+    for chunk in (1, 4, 7):
+        o, S2 = ops.gated_delta_rule(q, k, v, beta, g, initial_state=h0, chunk_size=chunk)
+        torch.testing.assert_close(o, whole, atol=TOL, rtol=TOL)
+        torch.testing.assert_close(S2, S, atol=TOL, rtol=TOL)
+    # The final state carries everything: continue from it after 11 steps.
+    first, mid = ops.gated_delta_rule(q[:, :11], k[:, :11], v[:, :11], beta[:, :11], g[:, :11], initial_state=h0)
+    rest, end = ops.gated_delta_rule(q[:, 11:], k[:, 11:], v[:, 11:], beta[:, 11:], g[:, 11:], initial_state=mid)
+    torch.testing.assert_close(torch.cat([first, rest], 1), whole, atol=TOL, rtol=TOL)
+    torch.testing.assert_close(end, S, atol=TOL, rtol=TOL)
+
+
+def test_defining_properties() -> None:
+    q, k, v, beta, g, _ = make(1, 9, 2, 4, 3, seed=6, state=False)
+    assert g is not None
+    # Zero decay (g = 0) is the plain delta rule.
+    a, Sa = ops.gated_delta_rule(q, k, v, beta, torch.zeros_like(g))
+    b, Sb = ops.delta_rule(q, k, v, beta)
+    torch.testing.assert_close(a, b, atol=TOL, rtol=TOL)
+    torch.testing.assert_close(Sa, Sb, atol=TOL, rtol=TOL)
+    # With β = 1 and a unit key, the state then stores exactly v at k: Sᵀ k = v (the "delta" overwrite, eq. 1).
+    ones = torch.ones_like(beta)
+    _, S = ops.delta_rule(q, k, v, ones, initial_state=torch.randn(1, 2, 4, 3))
+    torch.testing.assert_close(torch.einsum("bhkv,bhk->bhv", S, k[:, -1]), v[:, -1], atol=TOL, rtol=TOL)
+    # Linear attention (no erase) does not satisfy it.
+    _, S_lin = delta_rule_without_erase(q, k, v, ones, initial_state=torch.randn(1, 2, 4, 3))
+    assert not torch.allclose(torch.einsum("bhkv,bhk->bhv", S_lin, k[:, -1]), v[:, -1], atol=1e-2)
+
+
+def test_low_precision_inputs_keep_an_fp32_state(relative_l2: Any) -> None:
+    q, k, v, beta, g, h0 = make(2, 40, 2, 8, 8, seed=7)
+    assert g is not None and h0 is not None
+    want, S = ops.gated_delta_rule(q, k, v, beta, g, initial_state=h0)
+    half, S_half = ops.gated_delta_rule(*(x.bfloat16() for x in (q, k, v, beta, g)), initial_state=h0)
+    assert half.dtype == torch.bfloat16 and S_half.dtype == torch.float32
+    assert relative_l2(half, want) <= 2e-2
+    assert relative_l2(S_half, S) <= 2e-2
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "match"),
+    [
+        ({"q": torch.zeros(2, 5, 2)}, ValueError, r"q must be \[B, T, H, K\] \(4-D\)"),
+        ({"k": torch.zeros(2, 5, 2, 3)}, ValueError, r"k must be \[B, T, H, K\] = \[2, 5, 2, 4\]"),
+        ({"v": torch.zeros(2, 4, 2, 3)}, ValueError, r"v must be \[B, T, H, V\] with \[B, T, H\] = \[2, 5, 2\]"),
+        ({"beta": torch.zeros(2, 5, 3)}, ValueError, r"beta must be \[B, T, H\] = \[2, 5, 2\]"),
+        ({"g": torch.zeros(2, 5)}, ValueError, r"g must be \[B, T, H\] \(3-D\)"),
+        ({"g": None}, TypeError, r"g must be a tensor \[B, T, H\]"),
+        (
+            {"initial_state": torch.zeros(2, 2, 3, 4)},
+            ValueError,
+            r"initial_state must be \[B, H, K, V\] = \[2, 2, 4, 3\]",
+        ),
+        ({"scale": -1.0}, ValueError, r"scale must be a positive number"),
+        ({"chunk_size": 0}, ValueError, r"chunk_size must be a positive int"),
+        ({"v": torch.zeros(2, 5, 2, 3, dtype=torch.long)}, TypeError, r"v must be a floating-point"),
+    ],
+)
+def test_invalid_arguments_raise_clear_errors(change: dict[str, Any], error: type[Exception], match: str) -> None:
+    args: dict[str, Any] = {
+        "q": torch.zeros(2, 5, 2, 4),
+        "k": torch.zeros(2, 5, 2, 4),
+        "v": torch.zeros(2, 5, 2, 3),
+        "beta": torch.zeros(2, 5, 2),
+        "g": torch.zeros(2, 5, 2),
+    }
+    args.update(change)
+    with pytest.raises(error, match=match):
+        ops.gated_delta_rule(**args)
