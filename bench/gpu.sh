@@ -12,6 +12,8 @@ build)
     rm -rf dist
     uv build --all-packages --wheel --quiet --out-dir dist
     for plugin in tests/plugins/edifice-*; do uv build --wheel --quiet --out-dir dist "$plugin"; done
+    # Pure-Python test references the GPU image lacks (its torch, transformers and einops are used as they are).
+    python3 -m pip download --quiet --no-deps --only-binary=:all: -d dist "flash-linear-attention==0.6.0" "fla-core==0.6.0"
     ls dist
     ;;
 run)

@@ -19,11 +19,13 @@ primary input of batch size 1 holding the sequences back to back, with ``cu_seql
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import os
+import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -576,7 +578,7 @@ def check_bf16_and_compile(case: Case) -> None:
     torch._dynamo.reset()  # a fresh cache: earlier checks must not push this model past the recompile limit
     compiled = torch.compile(model, fullgraph=True, backend=backend)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _line_tracer_paused():
             out = case.outputs(compiled(**inputs), what="the compiled forward")
     except ContractError:
         raise
@@ -589,6 +591,22 @@ def check_bf16_and_compile(case: Case) -> None:
     for key, value in reference.items():
         what = f"output '{key}' of the model compiled with backend={backend!r} against eager"
         compare_or_fail(case, out[key], value, FP32 if backend == "eager" else SCAN, what)
+
+
+@contextlib.contextmanager
+def _line_tracer_paused() -> Iterator[None]:
+    """Pause a line tracer (coverage, a debugger) while TorchDynamo traces and runs the compiled model.
+
+    Dynamo interprets the model's bytecode symbolically, so a tracer never sees the model's lines execute; it only
+    intercepts Dynamo's own calls (about two million for a tiny two-layer model), which made the compile check time
+    the tracer rather than the model (40% slower under ``--cov``). Pausing it loses no coverage.
+    """
+    tracer = sys.gettrace()
+    sys.settrace(None)
+    try:
+        yield
+    finally:
+        sys.settrace(tracer)
 
 
 # -- 10. stochastic ------------------------------------------------------------------------------------------------

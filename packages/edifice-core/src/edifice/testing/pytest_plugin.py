@@ -18,11 +18,15 @@ It adds:
   failing when it still passes, since it would not notice the mechanism breaking; tests that never call the op run
   unchanged;
 * ``--edifice-check-time-limit SECONDS``: the per-check time limit of the contract checks (default 2 s, or the
-  ``EDIFICE_CHECK_TIME_LIMIT`` environment variable; ``0`` disables it), and a terminal summary of the slowest checks.
+  ``EDIFICE_CHECK_TIME_LIMIT`` environment variable; ``0`` disables it), and a terminal summary of the slowest checks;
+* under pytest-xdist, each worker's PyTorch intra-op threads are PyTorch's default divided by the number of workers
+  (unless ``OMP_NUM_THREADS`` is set): two workers each running two threads on two cores made every check pay for
+  the oversubscription, so timings varied up to 1.8x and the time limit was flaky.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import Any, cast
 
@@ -73,6 +77,7 @@ def pytest_configure(config: pytest.Config) -> None:
         except ValueError as exc:
             raise pytest.UsageError(str(exc)) from None
     config.pluginmanager.register(_TimingReport(), "edifice-timing-report")
+    _share_cores_between_workers()
     mutations = config.getoption("--edifice-mutate")
     if mutations:
         from edifice.testing.mutate import MUTATIONS
@@ -83,6 +88,16 @@ def pytest_configure(config: pytest.Config) -> None:
         if unknown:
             raise pytest.UsageError(f"--edifice-mutate: unknown op(s) {unknown}; known: {', '.join(MUTATIONS)}")
         config.pluginmanager.register(_Mutator(mutations), "edifice-mutator")
+
+
+def _share_cores_between_workers() -> None:
+    """On a pytest-xdist worker, divide PyTorch's default intra-op threads by the workers (``OMP_NUM_THREADS`` wins)."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not workers or "OMP_NUM_THREADS" in os.environ:
+        return
+    import torch
+
+    torch.set_num_threads(max(1, torch.get_num_threads() // int(workers)))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
