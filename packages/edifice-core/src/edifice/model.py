@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from edifice.config import ArchConfig
+from edifice.initialization import reset_submodules
 from edifice.inputs import example_inputs, validate_inputs
 from edifice.registry import get_spec
 from edifice.spec import ArchSpec
@@ -55,11 +56,14 @@ class Model(nn.Module):
         return example_inputs(self.spec, self.config, batch_size, device=device, dims=dims)
 
     def reset_parameters(self) -> None:
-        """Re-initialise every parameter as the paper prescribes (default: each child's own ``reset_parameters``)."""
-        for module in self.modules():
-            reset = getattr(module, "reset_parameters", None)
-            if module is not self and callable(reset):
-                reset()
+        """Re-initialise every parameter as the paper prescribes (default: each submodule's own ``reset_parameters``).
+
+        A submodule that defines ``reset_parameters`` owns the initialisation of everything inside it, so the walk
+        does not descend into it: resetting its children afterwards would overwrite a deliberate initialisation
+        (Mamba's Δ-projection bias is set by the mixer, not by its ``nn.Linear``). Containers without one (lists,
+        sequentials) are walked through.
+        """
+        reset_submodules(self)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute layer activations in the backward pass to save memory (gradients are unchanged)."""

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from edifice.blocks.attention import CrossAttention
 from edifice.blocks.moe import MoEFeedForward
 from edifice.blocks.norms import get_norm
+from edifice.initialization import reset_submodules
 
 __all__ = ["TransformerBlock"]
 
@@ -62,11 +63,8 @@ class TransformerBlock(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def reset_parameters(self) -> None:
-        """Reset the norms and every sub-layer that can be reset."""
-        for module in self.children():
-            reset = getattr(module, "reset_parameters", None)
-            if callable(reset):
-                reset()
+        """Reset the norms and every sub-layer (each through its own ``reset_parameters``)."""
+        reset_submodules(self)
 
     def _input(self, x: Tensor, norm: nn.Module) -> Tensor:
         """What a sub-layer reads: ``Norm(x)`` (pre-norm) or ``x`` (post-norm)."""

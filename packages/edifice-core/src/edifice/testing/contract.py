@@ -461,6 +461,9 @@ def _check_steps(case: Case, model: nn.Module, max_len: int | None) -> None:
     if axis is None:
         case.fail(f"the primary input '{key}' has no time axis (T)")
     n_steps = inputs[key].shape[axis]
+    # Other per-position inputs that step takes (e.g. a modality id per token) are sliced like the primary input.
+    specs = case.input_specs()
+    extras = {k: a for k in inputs if k != key and accepts(step, k) and (a := case.axis(specs[k], "T", 2)) is not None}
     full = case.outputs(case.call(model, inputs))
     out_axes = {k: a for k, ts in case.output_specs().items() if k in full and (a := case.axis(ts, "T", 2)) is not None}
     if not out_axes:
@@ -472,7 +475,8 @@ def _check_steps(case: Case, model: nn.Module, max_len: int | None) -> None:
     pieces: dict[str, list[torch.Tensor]] = {k: [] for k in out_axes}
     label = "static state (max_len given)" if max_len else "dynamic state"
     for start, length in chunks:
-        y, state = step(inputs[key].narrow(axis, start, length), state)
+        sliced = {k: inputs[k].narrow(a, start, length) for k, a in extras.items()}
+        y, state = step(inputs[key].narrow(axis, start, length), state, **sliced)
         named = case.outputs(y, what="step")
         for k in out_axes:
             pieces[k].append(named[k])

@@ -105,7 +105,7 @@ def compare(actual: torch.Tensor, expected: torch.Tensor, tol: Tolerance = FP32)
     diff = torch.where(torch.isnan(diff), torch.full_like(diff, float("inf")), diff)
     diff = torch.where(close, torch.zeros_like(diff), diff)
     flat = int(torch.argmax(diff.reshape(-1)))
-    index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), a.shape)) if a.dim() else ()
+    index = _unravel(flat, tuple(a.shape))
     return Mismatch(
         max_abs=float(diff.reshape(-1)[flat]),
         index=index,
@@ -172,3 +172,16 @@ def assert_finite(t: torch.Tensor, *, name: str = "tensor") -> None:
         count, index = found
         value = float(t.detach()[index]) if t.dim() else float(t.detach())
         raise AssertionError(f"{name}: {count} of {t.numel()} values are not finite (first at {index}: {value})")
+
+
+def _unravel(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The multi-index of position ``flat`` in a row-major tensor of ``shape`` (``()`` for a scalar).
+
+    Plain integer arithmetic: ``torch.unravel_index`` imports ``torch._refs`` on first use (seconds), which landed
+    inside whichever test failed first.
+    """
+    index = []
+    for size in reversed(shape):
+        flat, i = divmod(flat, size)
+        index.append(i)
+    return tuple(reversed(index))
