@@ -20,7 +20,7 @@ from edifice.blocks.attention import Attention, CrossAttention
 from edifice.blocks.backbone import SequenceBackbone, SequenceOutput, SequenceState
 from edifice.blocks.conv import CausalDepthwiseConv1d
 from edifice.blocks.ffn import FeedForward, GatedFeedForward, get_ffn
-from edifice.blocks.kv_cache import DynamicKVCache, KVCache, StaticKVCache
+from edifice.blocks.kv_cache import DynamicKVCache, KVCache, SlidingWindowKVCache, StaticKVCache
 from edifice.blocks.masks import (
     causal_mask,
     combine_masks,
@@ -62,6 +62,7 @@ __all__ = [
     "SequenceOutput",
     "SequenceState",
     "SinusoidalPositionalEmbedding",
+    "SlidingWindowKVCache",
     "StaticKVCache",
     "TimestepEmbedding",
     "TransformerBlock",

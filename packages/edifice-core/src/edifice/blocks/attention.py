@@ -196,9 +196,9 @@ class Attention(_MultiHeadAttention):
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         masking: dict[str, Any] = {"causal": self.causal, "window": self.window}
         if state is not None:
-            state.update(k, v, positions, mask)  # type: ignore[arg-type]  # positions checked above
-            k, v = state.keys, state.values  # (B, Hk, L, D)
-            masking.update(q_positions=positions, k_positions=state.positions, attn_mask=state.attention_mask())
+            # positions checked above; a ring buffer may return more slots than it keeps
+            k, v, k_positions, attn_mask = state.update_and_fetch(k, v, positions, mask)  # type: ignore[arg-type]
+            masking.update(q_positions=positions, k_positions=k_positions, attn_mask=attn_mask)  # k, v (B, Hk, L, D)
         else:
             # Without a cache, None positions mean 0..T-1, which is also sdpa's default (and keeps fast paths open).
             masking.update(q_positions=positions, k_positions=positions)
