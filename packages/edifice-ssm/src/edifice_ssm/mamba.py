@@ -33,7 +33,7 @@ is an ``edifice.ops`` op with a pure-PyTorch reference (overridable by kernels).
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +48,7 @@ from edifice.ops.selective_scan import SCAN_ALGORITHMS
 from edifice.outputs import model_output
 from edifice_ssm.configs.mamba import MambaConfig
 
-__all__ = ["Mamba", "MambaMixer", "MambaState"]
+__all__ = ["Mamba", "MambaMixer", "MambaState", "SelectiveMixer", "check_mixer_args", "dt_bias_init"]
 
 
 @model_output
@@ -61,7 +61,134 @@ class MambaState:
     """``[B, E, N]`` fp32: the selective SSM's state ``h``."""
 
 
-class MambaMixer(nn.Module):
+def dt_bias_init(n: int, dt_min: float, dt_max: float, floor: float, device: torch.device) -> Tensor:
+    """``softplus^{-1}(Δ)`` with ``Δ`` log-uniform in ``[dt_min, dt_max]`` (floored): Mamba's Δ initialisation."""
+    lo, hi = math.log(dt_min), math.log(dt_max)
+    dt = torch.exp(torch.rand(n, device=device) * (hi - lo) + lo).clamp(min=floor)
+    return dt + torch.log(-torch.expm1(-dt))
+
+
+def check_mixer_args(name: str, d_model: int, d_state: int, expand: int, d_conv: int, scan: str, dt_init: str) -> None:
+    """Raise a ``ValueError`` naming the bad argument of a Mamba mixer ``name``."""
+    if min(d_model, d_state, expand, d_conv) <= 0:
+        raise ValueError(
+            f"{name}: d_model, d_state, expand and d_conv must be > 0, got {d_model}, {d_state}, {expand}, {d_conv}"
+        )
+    if scan not in SCAN_ALGORITHMS:
+        raise ValueError(f"{name}: scan must be one of {SCAN_ALGORITHMS}, got {scan!r}")
+    if dt_init not in ("random", "constant"):
+        raise ValueError(f"{name}: dt_init must be 'random' or 'constant', got {dt_init!r}")
+
+
+class SelectiveMixer(nn.Module):
+    """The Mamba block's body (Fig. 3) with hooks: subclasses say how the projections, ``Δ``, ``B`` and ``C`` are made.
+
+    :class:`MambaMixer` is the paper's; the hybrids' variants (Jamba's normalised ``Δ, B, C``, Zamba's per-head
+    projections, Mixture-of-Mamba's per-modality ones) and ``gated_ssm``'s recurrence override single hooks.
+    ``route`` is whatever a variant needs per token (a modality id); the paper's mixer ignores it.
+    """
+
+    d_model: int
+    d_inner: int
+    d_state: int
+    d_conv: int
+    scan: str
+    conv1d: nn.Conv1d
+
+    def in_projection(self, u: Tensor, route: Any) -> Tensor:
+        """``u [B, T, d_model] -> [B, T, 2E]`` (x then z)."""
+        raise NotImplementedError
+
+    def selective_inputs(self, x: Tensor, route: Any) -> tuple[Tensor, Tensor, Tensor]:
+        """``x [B, T, E]`` -> (pre-softplus ``Δ [B, T, E]`` fp32, ``B``, ``C`` as ``[B, T, N]`` or ``[B, T, G, N]``)."""
+        raise NotImplementedError
+
+    def decay(self) -> Tensor:
+        """``A = -exp(A_log)`` as ``[E, N]`` fp32."""
+        raise NotImplementedError
+
+    def skip(self) -> Tensor:
+        """The skip ``D`` as ``[E]``."""
+        raise NotImplementedError
+
+    def out_projection(self, y: Tensor, route: Any) -> Tensor:
+        """``y [B, T, E] -> [B, T, d_model]``."""
+        raise NotImplementedError
+
+    def init_state(
+        self,
+        batch_size: int,
+        *,
+        max_len: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> MambaState:
+        """A zero state: ``conv [B, E, d_conv - 1]`` in ``dtype`` and ``ssm [B, E, N]`` in fp32 (``max_len`` unused)."""
+        weight = self.conv1d.weight
+        device = weight.device if device is None else device
+        dtype = weight.dtype if dtype is None else dtype
+        return MambaState(
+            conv=torch.zeros(batch_size, self.d_inner, self.d_conv - 1, device=device, dtype=dtype),
+            ssm=torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=torch.float32),
+        )
+
+    def mix(self, u: Tensor, *, mask: Tensor | None, state: MambaState | None, route: Any = None) -> Tensor:
+        """``u [B, T, d_model] -> [B, T, d_model]``; ``mask [B, T]`` (True = valid); ``state`` updated in place."""
+        keep = None if mask is None else mask.unsqueeze(-1).to(u.dtype)  # (B, T, 1)
+        if keep is not None:
+            u = u * keep
+        xs, z = self.in_projection(u, route).chunk(2, dim=-1)  # (B, T, E) each
+        conv_state = None if state is None else state.conv
+        weight = self.conv1d.weight.squeeze(1)  # (E, K)
+        x = F.silu(ops.causal_conv1d(xs, weight, self.conv1d.bias, initial_state=conv_state))  # (B, T, E)
+        if state is not None:
+            state.conv.copy_(ops.causal_conv1d_state(xs, conv_state, self.d_conv))
+        if keep is not None:
+            x = x * keep
+        dt, B, C = self.selective_inputs(x, route)
+        delta = F.softplus(dt)  # (B, T, E) fp32, Algorithm 2 step 5
+        if keep is not None:
+            delta = delta * keep  # Δ = 0 at padding: Ā = 1, B̄ = 0, the state skips the position
+        return self.out_projection(self.state_space(x, delta, B, C, z, state), route)
+
+    def state_space(
+        self, x: Tensor, delta: Tensor, B: Tensor, C: Tensor, z: Tensor, state: MambaState | None
+    ) -> Tensor:
+        """The gated SSM ``y = (C h + D x) * SiLU(z)`` over ``h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t x_t`` (eqs. 2a, 2b, 4).
+
+        ``x, delta, z [B, T, E]`` (``delta`` after softplus, zero at padding), ``B, C [B, T, (G,) N]``; continues
+        from and updates ``state.ssm``. Variants with another recurrence (``gated_ssm``) override this.
+        """
+        y, h = ops.selective_scan(
+            x,
+            delta,
+            self.decay(),
+            B,
+            C,
+            self.skip(),
+            z,
+            delta_softplus=False,
+            initial_state=None if state is None else state.ssm,
+            return_final_state=True,
+            algorithm=self.scan,
+        )
+        if state is not None:
+            state.ssm.copy_(h)
+        return y  # type: ignore[no-any-return]
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        mask: Tensor | None = None,
+        positions: Tensor | None = None,
+        state: MambaState | None = None,
+    ) -> Tensor:
+        """``x [B, T, d_model] -> [B, T, d_model]``; ``mask [B, T]`` (True = valid); ``state`` updated in place."""
+        return self.mix(x, mask=mask, state=state)
+
+
+class MambaMixer(SelectiveMixer):
     """The Mamba block's token mixer (Fig. 3): ``[B, T, d_model] -> [B, T, d_model]``, stateful and causal."""
 
     def __init__(
@@ -82,15 +209,7 @@ class MambaMixer(nn.Module):
         scan: str = "chunked",
     ) -> None:
         super().__init__()
-        if min(d_model, d_state, expand, d_conv) <= 0:
-            raise ValueError(
-                f"MambaMixer: d_model, d_state, expand and d_conv must be > 0, got {d_model}, {d_state}, {expand}, "
-                f"{d_conv}"
-            )
-        if scan not in SCAN_ALGORITHMS:
-            raise ValueError(f"MambaMixer: scan must be one of {SCAN_ALGORITHMS}, got {scan!r}")
-        if dt_init not in ("random", "constant"):
-            raise ValueError(f"MambaMixer: dt_init must be 'random' or 'constant', got {dt_init!r}")
+        check_mixer_args("MambaMixer", d_model, d_state, expand, d_conv, scan, dt_init)
         self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
         self.d_inner = expand * d_model
         self.dt_rank = dt_rank if dt_rank is not None else math.ceil(d_model / 16)
@@ -140,71 +259,31 @@ class MambaMixer(nn.Module):
         else:
             nn.init.uniform_(self.dt_proj.weight, -std, std)
         # Δ = softplus(bias) log-uniform in [dt_min, dt_max]: bias = softplus^{-1}(Δ) = Δ + log(1 - exp(-Δ)).
-        lo, hi = math.log(self.dt_min), math.log(self.dt_max)
-        dt = torch.exp(torch.rand(self.d_inner, device=self.D.device) * (hi - lo) + lo).clamp(min=self.dt_init_floor)
-        self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        self.dt_proj.bias.copy_(dt_bias_init(self.d_inner, self.dt_min, self.dt_max, self.dt_init_floor, self.D.device))
         # S4D-real: A[:, n] = -(n + 1), stored as log(-A) so that A = -exp(A_log) stays negative (a decay).
         n = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=self.A_log.device)
         self.A_log.copy_(n.log().expand(self.d_inner, -1))
         nn.init.ones_(self.D)
 
-    def init_state(
-        self,
-        batch_size: int,
-        *,
-        max_len: int | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> MambaState:
-        """A zero state: ``conv [B, E, d_conv - 1]`` in ``dtype`` and ``ssm [B, E, N]`` in fp32 (``max_len`` unused)."""
-        device = self.D.device if device is None else device
-        dtype = self.D.dtype if dtype is None else dtype
-        return MambaState(
-            conv=torch.zeros(batch_size, self.d_inner, self.d_conv - 1, device=device, dtype=dtype),
-            ssm=torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=torch.float32),
-        )
+    def in_projection(self, u: Tensor, route: Any) -> Tensor:
+        """``in_proj``: ``u [B, T, d_model] -> [B, T, 2E]`` (x then z)."""
+        return self.in_proj(u)  # type: ignore[no-any-return]
 
-    def forward(
-        self,
-        x: Tensor,
-        *,
-        mask: Tensor | None = None,
-        positions: Tensor | None = None,
-        state: MambaState | None = None,
-    ) -> Tensor:
-        """``x [B, T, d_model]`` -> ``[B, T, d_model]``; ``mask [B, T]`` (True = valid); ``state`` updated in place."""
-        keep = None if mask is None else mask.unsqueeze(-1).to(x.dtype)  # (B, T, 1)
-        if keep is not None:
-            x = x * keep
-        xs, z = self.in_proj(x).chunk(2, dim=-1)  # (B, T, E) each
-        weight = self.conv1d.weight.squeeze(1)  # (E, K)
-        conv_state = None if state is None else state.conv
-        xc = F.silu(ops.causal_conv1d(xs, weight, self.conv1d.bias, initial_state=conv_state))  # (B, T, E)
-        if state is not None:
-            state.conv.copy_(ops.causal_conv1d_state(xs, conv_state, self.d_conv))
-        if keep is not None:
-            xc = xc * keep
-        dt, B, C = self.x_proj(xc).split([self.dt_rank, self.d_state, self.d_state], dim=-1)  # (B, T, R|N|N)
-        # Δ = softplus(dt_proj(δ)) (Algorithm 2, step 5) in fp32; zero at padding, so the state skips it.
-        delta = F.softplus(F.linear(dt, self.dt_proj.weight).float() + self.dt_proj.bias.float())  # (B, T, E)
-        if keep is not None:
-            delta = delta * keep
-        A = -torch.exp(self.A_log.float())  # (E, N)
-        y, h = ops.selective_scan(
-            xc,
-            delta,
-            A,
-            B,
-            C,
-            self.D,
-            z,
-            delta_softplus=False,
-            initial_state=None if state is None else state.ssm,
-            return_final_state=True,
-            algorithm=self.scan,
-        )
-        if state is not None:
-            state.ssm.copy_(h)
+    def selective_inputs(self, x: Tensor, route: Any) -> tuple[Tensor, Tensor, Tensor]:
+        """``(δ, B, C) = x_proj(x)`` and ``dt_proj(δ)`` in fp32 (Algorithm 2, steps 3-5 before the softplus)."""
+        dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)  # (B, T, R|N|N)
+        return F.linear(dt, self.dt_proj.weight).float() + self.dt_proj.bias.float(), B, C
+
+    def decay(self) -> Tensor:
+        """``A = -exp(A_log)``, ``[E, N]`` fp32 (negative: a decay)."""
+        return -torch.exp(self.A_log.float())
+
+    def skip(self) -> Tensor:
+        """``D``, ``[E]``."""
+        return self.D
+
+    def out_projection(self, y: Tensor, route: Any) -> Tensor:
+        """``out_proj``: ``[B, T, E] -> [B, T, d_model]``."""
         return self.out_proj(y)  # type: ignore[no-any-return]
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "MUTATIONS",
     "circular_long_conv",
     "delta_rule_without_erase",
+    "mimo_ssd_without_decay",
     "mlstm_without_forget",
     "mutate_op",
     "no_decay_log_scan",
@@ -139,6 +140,19 @@ def ssd_without_decay(
     return ssd_reference(x, dt, torch.zeros_like(A), B, C, **kwargs)
 
 
+def mimo_ssd_without_decay(
+    x: torch.Tensor, log_a: torch.Tensor, B: torch.Tensor, C: torch.Tensor, **kwargs: Any
+) -> Any:
+    """The MIMO SSD with ``log_a = 0``: the state never decays, so the layer is plain multi-rank linear attention.
+
+    x ``[B, T, R, H, P]``, log_a ``[B, T, H]``, B ``[B, T, R, G, N]``, C ``[B, T, S, G, N]`` -> y ``[B, T, S, H, P]``
+    (or ``(y, state)``).
+    """
+    from edifice.ops.mimo_ssd import mimo_ssd_reference
+
+    return mimo_ssd_reference(x, torch.zeros_like(log_a), B, C, **kwargs)
+
+
 def mlstm_without_forget(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: torch.Tensor, *args: Any, **kwargs: Any
 ) -> Any:
@@ -184,6 +198,7 @@ MUTATIONS: dict[str, Callable[..., torch.Tensor]] = {
     "gated_delta_rule": delta_rule_without_erase,
     "sdpa": unmasked_sdpa,
     "ssd": ssd_without_decay,
+    "mimo_ssd": mimo_ssd_without_decay,
     "linear_recurrence": no_decay_recurrence,
     "log_scan": no_decay_log_scan,
     "rms_norm": unnormalized_rms_norm,

@@ -1,0 +1,197 @@
+"""hymba beyond the oracle: decoding with meta tokens at every prefix, padding, state layout, init, configs, errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor
+
+import edifice
+from edifice.blocks.kv_cache import DynamicKVCache, StaticKVCache
+from edifice.testing.tol import SCAN, assert_close
+from edifice_ssm.hymba import Hymba, HymbaMixer, HymbaMixerState, HymbaSSMHeads, HymbaState
+from edifice_ssm.mamba import MambaMixer
+
+TOKENS = {"vocab_size": 30, "d_in": None}
+
+
+def build(**overrides: Any) -> Hymba:
+    torch.manual_seed(0)
+    config = {**edifice.get_spec("hymba").tiny, "n_layers": 2, "global_layers": (1,), **overrides}
+    model = edifice.build("hymba", **config).eval()
+    assert isinstance(model, Hymba)
+    return model
+
+
+def inputs(model: Hymba, batch: int, T: int, seed: int = 1) -> Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    c = model.config
+    if c.vocab_size is not None:
+        return torch.randint(0, c.vocab_size, (batch, T), generator=gen)
+    return torch.randn(batch, T, c.d_in or c.d_model, generator=gen)
+
+
+def call(model: Hymba, u: Tensor, mask: Tensor | None = None) -> Tensor:
+    out = model(**{model.primary_input: u, "attention_mask": mask})
+    assert isinstance(out, Tensor)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("overrides", "pieces", "max_len"),
+    [({}, (1,) * 7, None), (TOKENS, (4, 1, 2), 9), ({}, (7,), 7)],
+    ids=["steps-features-dynamic", "prefill-tokens-static", "one-features-static"],
+)
+def test_step_equals_forward_at_every_prefix(
+    overrides: dict[str, Any], pieces: tuple[int, ...], max_len: int | None
+) -> None:
+    model = build(**overrides)
+    u = inputs(model, 2, sum(pieces))
+    with torch.no_grad():
+        full = call(model, u)
+        state = model.init_state(2, max_len=max_len)
+        assert isinstance(state, HymbaState) and state.meta_pending
+        start, outs = 0, []
+        for n in pieces:
+            y, state = model.step(u[:, start : start + n], state)
+            outs.append(y)
+            start += n
+            assert isinstance(state, HymbaState) and not state.meta_pending  # the prefill ran the meta tokens
+    assert_close(torch.cat(outs, dim=1), full, SCAN, name="stepped")  # type: ignore[arg-type]
+    assert torch.equal(state.position, torch.full((2,), sum(pieces) + model.config.n_meta_tokens))
+
+
+def test_state_layout() -> None:
+    model = build()
+    c = model.config
+    state = model.init_state(3, max_len=10, dtype=torch.bfloat16)
+    layer = state.layers[0]
+    assert isinstance(layer, HymbaMixerState)
+    assert isinstance(layer.attn, StaticKVCache)
+    assert layer.attn.keys.shape == (3, c.n_kv_heads, 10 + c.n_meta_tokens, c.qk_head_dim)  # M slots for meta tokens
+    assert layer.attn.values.shape[-1] == c.d_inner // c.n_heads  # value heads are d_inner / n_heads wide
+    assert layer.attn.keys.dtype == torch.bfloat16
+    assert layer.ssm.ssm.shape == (3, c.d_inner, c.d_state) and layer.ssm.ssm.dtype == torch.float32
+    assert isinstance(model.init_state(1).layers[0].attn, DynamicKVCache)
+
+
+@pytest.mark.parametrize("overrides", [{}, TOKENS], ids=["features", "tokens"])
+def test_left_and_right_padding_with_a_mask_equal_the_unpadded_run(overrides: dict[str, Any]) -> None:
+    model = build(**overrides)
+    u, pad = inputs(model, 1, 7), inputs(model, 1, 3, seed=9)
+    with torch.no_grad():
+        want = call(model, u)
+        left = call(model, torch.cat([pad, u], 1), torch.tensor([[False] * 3 + [True] * 7]))
+        right = call(model, torch.cat([u, pad], 1), torch.tensor([[True] * 7 + [False] * 3]))
+    assert_close(left[:, 3:], want, SCAN, name="left padded")
+    assert_close(right[:, :7], want, SCAN, name="right padded")
+
+
+def test_batched_decoding_of_a_left_padded_prompt() -> None:
+    """Row 0's prompt is 2 positions shorter (left-padded); each row decodes as if it were alone, meta tokens too."""
+    model = build(**TOKENS)
+    u = inputs(model, 2, 8)
+    prompt = u[:, :5].clone()
+    prompt[0, :2] = 0
+    mask = torch.tensor([[False, False, True, True, True], [True] * 5])
+    with torch.no_grad():
+        state = model.init_state(2)
+        outs = [model.step(prompt, state, attention_mask=mask)[0]]
+        outs += [model.step(u[:, t : t + 1], state)[0] for t in range(5, 8)]
+        stepped = torch.cat(outs, dim=1)  # type: ignore[arg-type]
+        assert_close(stepped[:1, 2:], call(model, u[:1, 2:]), SCAN, name="row 0")
+        assert_close(stepped[1:], call(model, u[1:]), SCAN, name="row 1")
+
+
+def test_pooled_outputs_ignore_padding() -> None:
+    model = build(output="last")
+    u = inputs(model, 1, 6)
+    mask = torch.tensor([[True] * 4 + [False] * 2])
+    with torch.no_grad():
+        assert_close(call(model, u, mask), call(model, u[:, :4]), SCAN, name="last valid position")
+
+
+def test_the_ssm_heads_are_mamba_without_its_output_projection() -> None:
+    torch.manual_seed(2)
+    heads = HymbaSSMHeads(8, d_state=4, expand=2, d_conv=3)
+    mamba = MambaMixer(8, d_state=4, expand=2, d_conv=3)
+    mamba.load_state_dict({**heads.state_dict(), "out_proj.weight": torch.eye(16, 8).T.contiguous()}, strict=True)
+    x = torch.randn(2, 5, 8)
+    with torch.no_grad():
+        y = heads(x)
+        assert y.shape == (2, 5, 16)  # d_inner wide: the hybrid module projects after the average
+        assert_close(y[..., :8], mamba(x), SCAN, name="Mamba with an identity-like out_proj")
+    assert "out_proj.weight" not in heads.state_dict()
+
+
+def test_initialisation() -> None:
+    torch.manual_seed(0)
+    model = edifice.build("hymba", d_model=32, n_layers=2, n_heads=4, n_meta_tokens=64, **TOKENS)
+    meta = model.meta_tokens.detach()
+    assert abs(float(meta.std()) - 1.0) < 0.1 and abs(float(meta.mean())) < 0.1  # N(0, 1), the released code's randn
+    assert abs(float(model.embed_tokens.weight.detach().std()) - 0.02) < 0.005  # type: ignore[union-attr]
+    for block in model.layers:
+        mixer = block.mixer
+        assert isinstance(mixer, HymbaMixer)
+        assert torch.equal(mixer.attn_norm.weight.detach(), torch.ones(64))  # β_1 = 1
+        assert torch.equal(mixer.ssm_norm.weight.detach(), torch.ones(64))  # β_2 = 1
+        A = -torch.exp(mixer.ssm.A_log.detach())
+        torch.testing.assert_close(A[0], -torch.arange(1.0, 17.0))  # S4D-real, as Mamba
+        dt = torch.nn.functional.softplus(mixer.ssm.dt_proj.bias.detach())  # Mamba's log-uniform Δ in [1e-3, 0.1]
+        assert bool(((dt >= 0.001 * (1 - 1e-4)) & (dt <= 0.1 * (1 + 1e-4))).all())
+    assert [b.mixer.attn.window for b in model.layers] == [None, None]  # two layers: first and last are global
+    deep = edifice.config("hymba", n_layers=8)
+    assert [deep.layer_window(i) for i in range(8)] == [None, 1024, 1024, 1024, None, 1024, 1024, None]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"n_heads": 3}, "n_heads"),
+        ({"n_kv_heads": 3, "n_heads": 4}, "n_kv_heads"),
+        ({"head_dim": 5}, "even for the rotary embedding"),
+        ({"window": 0}, "window"),
+        ({"global_layers": (5,)}, "global_layers"),
+        ({"n_meta_tokens": -1}, "n_meta_tokens"),
+        ({"dt_min": 0.5}, "must be <= dt_max"),
+    ],
+)
+def test_invalid_configs_raise_config_errors(overrides: dict[str, Any], match: str) -> None:
+    with pytest.raises(edifice.ConfigError, match=match):
+        edifice.config("hymba", **{**edifice.get_spec("hymba").tiny, **overrides})
+
+
+def test_original_option_names_are_accepted() -> None:
+    config = edifice.config(
+        "hymba", embed_dim=5, hidden_size=32, state_size=8, num_layers=2, num_heads=4, num_meta_tokens=3,
+        window_size=16, dropout=0.1,
+    )  # fmt: skip
+    assert (config.d_in, config.d_model, config.d_state, config.n_layers, config.n_heads) == (5, 32, 8, 2, 4)
+    assert (config.n_meta_tokens, config.window, config.dropout) == (3, 16, 0.1)
+
+
+def test_bad_inputs_raise_input_errors() -> None:
+    model = build()
+    with pytest.raises(edifice.InputError, match=r"input 'x' expected \[B, T, 6\]"):
+        model(torch.randn(2, 5, 7))
+    mixer = model.layers[0].mixer
+    with pytest.raises(ValueError, match="positions are required with a KV cache state"):
+        mixer(torch.randn(1, 2, 16), state=mixer.init_state(1))
+    with pytest.raises(ValueError, match="must divide d_inner"):
+        HymbaMixer(8, n_heads=3, head_dim=4)
+
+
+def test_gradient_checkpointing_keeps_the_gradients() -> None:
+    model = build().train()
+    u = inputs(model, 2, 6)
+    grads = []
+    for enable in (False, True):
+        model.zero_grad()
+        model.set_grad_checkpointing(enable)
+        call(model, u).square().sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    assert len(grads[0]) == len(list(model.parameters()))  # the meta tokens and both branches all get gradients
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b)
