@@ -19,10 +19,26 @@ from edifice.registry import get_spec
 #: Entries whose whole state is recurrent (no KV cache), so decoding is O(1) per token.
 CONSTANT_STATE = [
     name
-    for name in ("mamba", "mamba_cumsum", "mamba_hillis_steele", "mamba_ssd", "s4", "s4d", "s5")
+    for name in (
+        "mamba",
+        "mamba_cumsum",
+        "mamba_hillis_steele",
+        "mamba_ssd",
+        "mamba3",
+        "s4",
+        "s4d",
+        "s5",
+        "h3",
+        "hyena",
+        "gss",
+        "gated_ssm",
+        "longhorn",
+    )
     if name in edifice.list_architectures()
 ]
 TOKENS = 256
+#: Tiny-config changes that make an entry purely recurrent (H3's tiny config has a Hybrid-H3 attention layer).
+PURE = {"h3": {"attention_layers": ()}}
 
 
 def _state_shapes(state: object) -> list[tuple[int, ...]]:
@@ -38,7 +54,7 @@ def _step_flops(model: torch.nn.Module, token: torch.Tensor, state: object) -> i
 @pytest.mark.parametrize("name", CONSTANT_STATE)
 def test_generating_256_tokens_costs_the_same_per_token(name: str) -> None:
     torch.manual_seed(0)
-    model = edifice.build(name, **get_spec(name).tiny).eval()
+    model = edifice.build(name, **{**get_spec(name).tiny, **PURE.get(name, {})}).eval()
     x = model.example_inputs(batch_size=1, T=TOKENS)[model.primary_input]
     with torch.no_grad():
         state = model.init_state(1)
