@@ -33,6 +33,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from edifice.dtypes import compute_dtype
 from edifice.ops._checks import expect_floating, expect_rank, fmt_shape
 from edifice.ops._registry import Op
 from edifice.ops.recurrence import linear_recurrence
@@ -83,11 +84,6 @@ def check_mimo_ssd(
         raise ValueError(f"{_OP}: chunk_size must be a positive int, got {chunk_size!r}")
 
 
-def _work_dtype(x: torch.Tensor) -> torch.dtype:
-    """fp32 for half and single precision inputs, fp64 for fp64 (the tests' exact oracle)."""
-    return torch.promote_types(x.dtype, torch.float32)
-
-
 def _per_head(t: torch.Tensor, heads: int) -> torch.Tensor:
     """Repeat the ``G`` groups of ``B``/``C`` ``[B, T, R, G, N]`` to ``[B, T, R, H, N]`` (head h reads h // (H/G))."""
     return t.repeat_interleave(heads // t.shape[3], dim=3)
@@ -112,7 +108,7 @@ def mimo_ssd_reference(
     """
     batch, T, R, H, P = x.shape
     S = C.shape[2]
-    work = _work_dtype(x)
+    work = compute_dtype(x)
     L = max(1, min(chunk_size, T))  # a chunk longer than the sequence only adds padding
     n_chunks = -(-T // L)
     pad = n_chunks * L - T
@@ -164,7 +160,7 @@ def mimo_ssd_naive(
     a time (``chunk_size`` is ignored)."""
     batch, T, _, H, P = x.shape
     S, N = C.shape[2], B.shape[-1]
-    work = _work_dtype(x)
+    work = compute_dtype(x)
     Bh, Ch = _per_head(B.to(work), H), _per_head(C.to(work), H)  # (B, T, R|S, H, N)
     xw, aw = x.to(work), log_a.to(work)
     h = x.new_zeros(batch, H, P, N, dtype=work) if initial_state is None else initial_state.to(work)

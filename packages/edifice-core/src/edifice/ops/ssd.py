@@ -31,6 +31,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from edifice.dtypes import compute_dtype
 from edifice.ops._checks import expect_floating, expect_rank, fmt_shape
 from edifice.ops._registry import Op
 from edifice.ops.recurrence import linear_recurrence
@@ -97,11 +98,6 @@ def segsum(a: torch.Tensor) -> torch.Tensor:
     return out.masked_fill(~ones.tril(), float("-inf"))
 
 
-def _work_dtype(x: torch.Tensor) -> torch.dtype:
-    """fp32 for half and single precision inputs, fp64 for fp64 (the tests' exact oracle)."""
-    return torch.promote_types(x.dtype, torch.float32)
-
-
 def _per_head(t: torch.Tensor, heads: int) -> torch.Tensor:
     """Repeat the ``G`` groups of ``B``/``C`` ``[B, T, G, N]`` to ``[B, T, H, N]``: head h reads group h // (H/G)."""
     return t.repeat_interleave(heads // t.shape[2], dim=2)
@@ -135,7 +131,7 @@ def ssd_reference(
     position in fp32. ``T`` need not be a multiple of ``chunk_size``. No Python loop over time (§6).
     """
     batch, T, H, P = x.shape
-    work = _work_dtype(x)
+    work = compute_dtype(x)
     # A chunk longer than the sequence only adds padding (a decode step of one position is one 1 x 1 chunk).
     L = max(1, min(chunk_size, T))
     n_chunks = -(-T // L)
@@ -190,7 +186,7 @@ def ssd_naive(
     at a time (``chunk_size`` is ignored)."""
     batch, T, H, P = x.shape
     N = B.shape[-1]
-    work = _work_dtype(x)
+    work = compute_dtype(x)
     Bh, Ch = _per_head(B.to(work), H), _per_head(C.to(work), H)  # (B, T, H, N)
     xw, dtw, Aw = x.to(work), dt.to(work), A.to(work)
     h = x.new_zeros(batch, H, P, N, dtype=work) if initial_state is None else initial_state.to(work)
