@@ -34,6 +34,7 @@ from edifice.ops.conv import causal_conv1d, causal_conv1d_state
 from edifice.ops.delta_rule import delta_rule, gated_delta_rule
 from edifice.ops.log_scan import log_scan
 from edifice.ops.long_conv import long_conv
+from edifice.ops.memory_gd import memory_gd
 from edifice.ops.mimo_ssd import mimo_ssd
 from edifice.ops.mlstm import mlstm
 from edifice.ops.norm import rms_norm
@@ -54,6 +55,7 @@ __all__ = [
     "linear_recurrence",
     "log_scan",
     "long_conv",
+    "memory_gd",
     "mimo_ssd",
     "mlstm",
     "mode",

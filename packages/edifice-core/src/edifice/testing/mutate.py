@@ -25,6 +25,7 @@ __all__ = [
     "MUTATIONS",
     "circular_long_conv",
     "delta_rule_without_erase",
+    "memory_gd_without_update",
     "mimo_ssd_without_decay",
     "mlstm_without_forget",
     "mutate_op",
@@ -165,6 +166,19 @@ def mlstm_without_forget(
     return mlstm_reference(q, k, v, i, torch.full_like(f, torch.inf), *args, **kwargs)
 
 
+def memory_gd_without_update(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, memory: Any, lr: torch.Tensor, *args: Any, **kwargs: Any
+) -> Any:
+    """Test-time gradient descent that skips the gradient step (``lr = 0``): the memory never learns from the
+    sequence, it only reads (and, with a retention gate, decays) its initial weights.
+
+    Same layout as ``edifice.ops.memory_gd`` (q, k ``[B, T, H, Dk]``, v ``[B, T, H, Dv]``, lr ``[B, T, H]``).
+    """
+    from edifice.ops.memory_gd import memory_gd_reference
+
+    return memory_gd_reference(q, k, v, memory, torch.zeros_like(lr), *args, **kwargs)
+
+
 def no_decay_selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
     """Selective scan with ``A = 0``, so ``Ā = exp(Δ A) = 1``: the state sums ``Δ B u`` and never forgets.
 
@@ -205,6 +219,7 @@ MUTATIONS: dict[str, Callable[..., torch.Tensor]] = {
     "causal_conv1d": stateless_causal_conv1d,
     "long_conv": circular_long_conv,
     "selective_scan": no_decay_selective_scan,
+    "memory_gd": memory_gd_without_update,
 }
 
 

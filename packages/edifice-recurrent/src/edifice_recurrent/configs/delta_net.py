@@ -97,7 +97,7 @@ SPECS = (
             2024,
             "2406.06484",
         ),
-        tiny={"d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 48, "d_in": 12, "chunk_size": 16},
+        tiny={"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 48, "d_in": 12, "chunk_size": 16},
         verification="oracle:fla.ops.delta_rule.naive.delta_rule_recurrence",
     ),
 )

@@ -41,7 +41,7 @@ SPECS = (
             2025,
             "2502.10297",
         ),
-        tiny={"d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 48, "d_in": 12, "chunk_size": 16},
+        tiny={"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 48, "d_in": 12, "chunk_size": 16},
         verification="oracle:token x Householder-step loop of Siems et al. 2025 eq. 4",
     ),
 )

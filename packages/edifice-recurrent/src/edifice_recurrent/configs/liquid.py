@@ -1,0 +1,73 @@
+"""Config and spec of ``liquid``: liquid time-constant networks (LTC) and their closed-form variant (CfC) (torch-free).
+
+The model is :class:`edifice_recurrent.liquid.Liquid`: a stack of ``n_layers`` continuous-time recurrent layers whose
+hidden state follows the LTC ODE, integrated per input step by the paper's fused solver, explicit Euler or RK4 with
+``integration_steps`` unfolds -- or, with ``solver="cfc"``, the closed-form CfC cell. See the model module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import ClassVar, Literal
+
+from edifice import ArchSpec, Paper, field
+from edifice.sequence import SequenceConfig, sequence_inputs, sequence_outputs
+
+__all__ = ["SOLVERS", "SPECS", "LiquidConfig"]
+
+#: How a layer advances its state over one input step: three ODE solvers of the LTC equation, or the CfC closed form.
+SOLVERS = ("fused", "euler", "rk4", "cfc")
+
+
+@dataclasses.dataclass(kw_only=True)
+class LiquidConfig(SequenceConfig):
+    """Stacked LTC layers (dx/dt = -[1/τ + f(x, I)] ⊙ x + f(x, I) ⊙ A) or CfC layers of width ``d_model``."""
+
+    arch: str = field("liquid", "Registry name of the architecture this config builds.")
+    solver: Literal["fused", "euler", "rk4", "cfc"] = field(
+        "fused",
+        "'fused' (the LTC paper's semi-implicit solver), 'euler', 'rk4', or 'cfc' (the closed-form CfC cell).",
+    )
+    integration_steps: int = field(6, "ODE solver steps (unfolds) per input step; unused by 'cfc'.")
+    dt: float = field(1.0, "Elapsed time of one input step (each unfold covers dt / integration_steps).")
+    tau_init: float = field(1.0, "Initial time constant τ of every LTC neuron.")
+    cfc_backbone_units: int = field(64, "Width of the CfC backbone shared by its f, g and h heads.")
+    cfc_backbone_layers: int = field(1, "Layers of the CfC backbone (0: the heads read [I; x] directly).")
+
+    aliases: ClassVar[Mapping[str, str]] = {
+        **SequenceConfig.aliases,
+        "ode_unfolds": "integration_steps",
+        "backbone_units": "cfc_backbone_units",
+        "backbone_layers": "cfc_backbone_layers",
+    }
+
+    def validate(self) -> None:
+        """Check the solver is known and the sizes, steps and times are positive."""
+        super().validate()
+        self.check_choice("solver", SOLVERS)
+        self.check_positive("integration_steps", "dt", "tau_init", "cfc_backbone_units")
+        self.check_positive("cfc_backbone_layers", allow_zero=True)
+
+
+HASANI_LTC = Paper("Liquid Time-constant Networks", "Hasani, Lechner, Amini, Rus & Grosu", 2021, "2006.04439")
+
+SPECS = (
+    ArchSpec(
+        name="liquid",
+        family="liquid",
+        distribution="edifice-recurrent",
+        summary="Liquid time-constant RNN: an ODE whose time constant depends on the input, or its closed form (CfC).",
+        paper=HASANI_LTC,
+        config="edifice_recurrent.configs.liquid:LiquidConfig",
+        model="edifice_recurrent.liquid:Liquid",
+        inputs=sequence_inputs(),
+        outputs=sequence_outputs(),
+        tiny={"d_model": 16, "n_layers": 2, "d_in": 8, "integration_steps": 1},
+        causal=True,
+        stateful=True,
+        variable_length=True,
+        verification="oracle:Hasani et al. 2021 eq. 1 (LTC ODE) integrated in fp64 (fused eq. 3, Euler, RK4 "
+        "converging at order 4) and the CfC closed form (Hasani et al. 2022 eq. 10)",
+    ),
+)

@@ -1,0 +1,298 @@
+"""Titans (MAG): a neural long-term memory that learns to memorise at test time, gating sliding-window attention.
+
+Behrouz, Zhong & Mirrokni (2025), "Titans: Learning to Memorize at Test Time", https://arxiv.org/abs/2501.00663.
+The long-term memory ``M`` is a network (an MLP with ``L_M = memory_depth`` layers, one per head) whose weights are
+trained online on an associative loss; a token's *surprise* is the gradient of that loss::
+
+    k_t = x_t W_K,  v_t = x_t W_V,  q_t = x_t W_Q                        (eqs. 11, 15)
+    ℓ(M_{t-1}; x_t) = ‖M_{t-1}(k_t) - v_t‖²₂                              (eq. 12)
+    S_t = η_t S_{t-1} - θ_t ∇ℓ(M_{t-1}; x_t)                              past + momentary surprise (eqs. 10, 14)
+    M_t = (1 - α_t) M_{t-1} + S_t                                         forgetting (eq. 13)
+    y_t = M_t*(q_t)                                                        retrieval without update (eq. 15)
+
+with data-dependent gates per head and token: learning rate ``θ_t = memory_lr σ(x_t w_θ) / head_dim``, momentum
+``η_t = σ(x_t w_η)`` and forgetting ``α_t = σ(x_t w_α)`` (§3.1). Training is chunked (§3.2, "Parallelizing the long-term
+memory training"): inside a chunk of ``b = mini_batch_size`` tokens every gradient is taken at the memory of the
+chunk's start, ``∇ℓ(M_{t'}; x_t)``, and the momentum and forgetting recurrences are linear in those gradients, so
+the whole chunk is a few matrix products -- :func:`edifice.ops.memory_gd` (its dual form: no per-token weight is
+materialised). ``step`` runs the same recurrence token by token from a constant-size state (the memory's weights at
+the chunk start and now, the momentum), and reproduces ``forward``.
+
+Architecture, MAG ("memory as a gate", §4.2) with persistent memory (§3.3, eq. 19)::
+
+    x̃ = [p_1 … p_{N_p}] ‖ x                                               learnable persistent tokens
+    y = SW-Attn*(x̃)                                                       sliding-window attention; the persistent
+                                                                            tokens stay visible to every query
+    o = W_O (RMSNorm(y) ⊙ σ(RMSNorm(M(x̃))))                              the memory gates the attention (§4.2)
+
+following §4.4's details: the memory's q, k, v pass a depthwise causal convolution and SiLU, q and k are
+ℓ2-normalised, and the memory is ``x + LN(MLP(x))`` (``memory_norm``; residual and LayerNorm as TTT's inner model and
+MIRAS' deep memories). Each block is pre-norm residual: ``x + MAG(RMSNorm(x))``, ``x + SwiGLU(RMSNorm(x))``.
+
+Why MAG: of the paper's three variants, MAC (memory as context) segments the sequence and attends over a
+retrieved-memory prefix per segment, so one new token changes a whole segment's attention; MAG and MAL are causal
+token by token. MAG keeps the two branches side by side (the memory never feeds the attention), so its state is the
+memory plus a constant-size sliding-window cache, and the gate exposes the memory's output directly.
+
+Padding: valid tokens are moved to the front of each sequence before the layer (and back after), so chunks and
+positions start at the first valid token as without padding; ``step`` skips padded tokens.
+
+Initialisation (the paper gives none): linear weights ``N(0, 0.02²)``; the memory ``M_0 ~ N(0, 1/D_in)`` per layer
+(fan-in scaling: q and k have unit norm, and smaller weights leave the memory's LayerNorm a near-constant input that
+amplifies every step); persistent tokens ``N(0, 0.02²)``; the gate biases start at ``θ: σ(0)``, ``η: σ(0) = 0.5`` and
+``α: σ(-4) ≈ 0.018`` (slow forgetting).
+
+Deviations: the gates are per-head scalars (the paper allows channel-wise ones); MAC and MAL are not built.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from edifice import ops
+from edifice.blocks.kv_cache import SlidingWindowKVCache
+from edifice.blocks.norms import get_norm
+from edifice.blocks.rope import RotaryEmbedding, apply_rotary
+from edifice.config import ArchConfig
+from edifice.outputs import model_output
+from edifice_recurrent._test_time import (
+    FastWeightBackbone,
+    FastWeightMemory,
+    FastWeightState,
+    ShortConvs,
+    compact,
+    l2_normalize,
+    restore,
+)
+from edifice_recurrent.configs.titans import TitansConfig
+
+__all__ = ["Titans", "TitansMAG", "TitansState"]
+
+#: Initial bias of the forgetting gate: α = σ(-4) ≈ 0.018.
+FORGET_BIAS = -4.0
+
+
+@model_output
+class TitansState:
+    """Decoding state of a :class:`TitansMAG` layer: constant size, updated in place by each step."""
+
+    conv: Tensor
+    """The memory's q, k, v convolution history ``[B, 3·H·D, conv_size - 1]``."""
+    memory: FastWeightState
+    """The long-term memory: weights at the chunk start and now, the momentum (surprise), tokens seen."""
+    attention: SlidingWindowKVCache
+    """The last ``window_size`` keys and values of the attention branch (persistent tokens are not cached)."""
+
+
+class TitansMAG(nn.Module):
+    """The Titans MAG token mixer ``[B, T, d_model] -> [B, T, d_model]`` (module doc), with ``init_state``."""
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        head_dim: int,
+        *,
+        memory_depth: int = 2,
+        memory_hidden: int | None = None,
+        memory_norm: bool = True,
+        momentum: bool = True,
+        memory_lr: float = 1.0,
+        mini_batch_size: int = 16,
+        n_persistent: int = 4,
+        window_size: int = 64,
+        conv_size: int = 4,
+        rope: bool = True,
+        rope_theta: float = 10000.0,
+        norm_eps: float = 1e-6,
+        init_std: float = 0.02,
+    ) -> None:
+        super().__init__()
+        width = n_heads * head_dim
+        self.n_heads, self.head_dim, self.width = n_heads, head_dim, width
+        self.momentum, self.memory_lr, self.window_size, self.init_std = momentum, memory_lr, window_size, init_std
+        self.persistent = nn.Parameter(torch.empty(n_persistent, d_model))  # p_1 … p_{N_p}
+        # Long-term memory branch: q, k, v with convolution and SiLU (§4.4), gates θ, α, η per head.
+        self.mem_qkv = nn.Linear(d_model, 3 * width, bias=False)
+        self.mem_convs = ShortConvs([3 * width], conv_size)  # one depthwise convolution over q, k and v
+        self.gate_proj = nn.Linear(d_model, 3 * n_heads, bias=True)  # θ | α | η
+        self.memory = FastWeightMemory(
+            n_heads,
+            head_dim,
+            head_dim,
+            depth=memory_depth,
+            hidden=memory_hidden,
+            bias=False,
+            activation="gelu",
+            norm=memory_norm,
+            residual=memory_norm,
+            norm_eps=norm_eps,
+            init_std=None,  # N(0, 1/D_in): the keys have unit norm
+            chunk_size=mini_batch_size,
+            momentum=momentum,
+            loss="l2",
+        )
+        self.mem_norm = get_norm("rmsnorm", width, eps=norm_eps)
+        # Sliding-window attention branch.
+        self.attn_qkv = nn.Linear(d_model, 3 * width, bias=False)
+        self.rope = RotaryEmbedding(head_dim, base=rope_theta) if rope else None
+        self.attn_norm = get_norm("rmsnorm", width, eps=norm_eps)
+        self.o_proj = nn.Linear(width, d_model, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Persistent tokens ``N(0, init_std²)``, gate biases ``(0, FORGET_BIAS, 0)``, the memory's own init."""
+        nn.init.normal_(self.persistent, std=self.init_std)
+        with torch.no_grad():
+            bias = self.gate_proj.bias
+            bias.zero_()
+            bias[self.n_heads : 2 * self.n_heads] = FORGET_BIAS
+        self.memory.reset_parameters()
+
+    # -- the long-term memory branch ----------------------------------------------------------------------------
+    def memory_inputs(self, x: Tensor, conv_state: Tensor | None = None, valid: Tensor | None = None) -> dict[str, Any]:
+        """q, k, v ``[B, T, H, D]`` and the op's gates ``[B, T, H]`` for the memory branch of ``x [B, T, d_model]``."""
+        B, T, _ = x.shape
+        H, D = self.n_heads, self.head_dim
+        (qkv,) = self.mem_convs([self.mem_qkv(x)], conv_state, valid)
+        q, k, v = qkv.chunk(3, dim=-1)
+        q, k, v = (F.silu(t).view(B, T, H, D) for t in (q, k, v))
+        q, k = l2_normalize(q), l2_normalize(k)
+        work = torch.promote_types(x.dtype, torch.float32)
+        g_theta, g_alpha, g_eta = self.gate_proj(x).to(work).chunk(3, dim=-1)  # (B, T, H) each
+        # ℓ = ‖M(k) - v‖² has gradient 2(M(k) - v)·∂M: the op's loss is ½‖·‖², so its learning rate is 2θ.
+        gates: dict[str, Any] = {
+            "lr": 2.0 * self.memory_lr * torch.sigmoid(g_theta) / D,
+            "retain": 1.0 - torch.sigmoid(g_alpha),  # 1 - α_t
+        }
+        if self.momentum:
+            gates["momentum"] = torch.sigmoid(g_eta)
+        return {"q": q, "k": k, "v": v, **gates}
+
+    def _memory(self, x: Tensor, state: TitansState | None, valid: Tensor | None) -> Tensor:
+        """The memory's read-out ``[B, T, H·D]`` (state: the recurrent form, else the chunked one)."""
+        B, T, _ = x.shape
+        inputs = self.memory_inputs(x, None if state is None else state.conv, valid)
+        if state is None:
+            if valid is not None:
+                inputs["lr"] = inputs["lr"] * valid[..., None]
+            o = self.memory(**inputs)
+        else:
+            o = self.memory.step(state.memory, **inputs, valid=valid)
+        out: Tensor = o.reshape(B, T, self.width)
+        return out
+
+    # -- the sliding-window attention branch --------------------------------------------------------------------
+    def _attention(self, x: Tensor, positions: Tensor, state: TitansState | None, valid: Tensor | None) -> Tensor:
+        """SW-Attn* over ``x̃ = [persistent ‖ x]``: ``x [B, T, d]`` at ``positions [B, T]`` -> ``[B, T, H·D]``.
+
+        The persistent tokens' keys and values are not rotated (they have no position) and every query sees them.
+        """
+        B, T, _ = x.shape
+        H, D = self.n_heads, self.head_dim
+        n_p = self.persistent.shape[0]
+        prefixed = torch.cat([self.persistent.to(x.dtype).expand(B, -1, -1), x], 1)  # (B, N_p + T, d)
+        q, k, v = (t.view(B, n_p + T, H, D).transpose(1, 2) for t in self.attn_qkv(prefixed).chunk(3, -1))
+        pk, pv, q, k, v = k[:, :, :n_p], v[:, :, :n_p], q[:, :, n_p:], k[:, :, n_p:], v[:, :, n_p:]
+        if self.rope is not None:
+            cos, sin = self.rope(positions)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if state is None:
+            k_pos, key_valid = positions, torch.ones(B, T, dtype=torch.bool, device=x.device)
+        else:
+            k, v, k_pos, key_mask = state.attention.update_and_fetch(k, v, positions, valid)
+            key_valid = key_mask[:, 0, 0]
+        dist = positions[:, :, None] - k_pos[:, None, :]  # (B, T, L) query minus key position
+        allowed = key_valid[:, None, :] & (dist >= 0) & (dist < self.window_size)
+        always = torch.ones(B, T, n_p, dtype=torch.bool, device=x.device)
+        mask = torch.cat([always, allowed], -1)[:, None]  # (B, 1, T, N_p + L)
+        out = ops.sdpa(q, torch.cat([pk, k], 2), torch.cat([pv, v], 2), attn_mask=mask)  # (B, H, T, D)
+        return out.transpose(1, 2).reshape(B, T, self.width)
+
+    # -- the layer ----------------------------------------------------------------------------------------------
+    def init_state(
+        self,
+        batch_size: int,
+        *,
+        max_len: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> TitansState:
+        """The state after the persistent tokens: the memory has read them; the attention cache is empty."""
+        device = self.o_proj.weight.device if device is None else device
+        dtype = self.o_proj.weight.dtype if dtype is None else dtype
+        state = TitansState(
+            conv=self.mem_convs.init_state(batch_size, device=device, dtype=dtype),
+            memory=self.memory.init_state(batch_size, device=device),
+            attention=SlidingWindowKVCache.empty(
+                batch_size, self.n_heads, self.head_dim, self.window_size, device=device, dtype=dtype
+            ),
+        )
+        if self.persistent.shape[0]:
+            prefix = self.persistent.to(device=device, dtype=dtype).expand(batch_size, -1, -1)
+            self._memory(prefix, state, None)  # x̃ = [p ‖ x]: the memory reads the persistent tokens first
+        return state
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        mask: Tensor | None = None,
+        positions: Tensor | None = None,
+        state: TitansState | None = None,
+    ) -> Tensor:
+        """``x [B, T, d_model]`` -> ``[B, T, d_model]``; ``mask [B, T]`` marks valid tokens; ``state`` is updated."""
+        B, T, _ = x.shape
+        if state is None:
+            xs, order = compact(x, mask)  # valid tokens first, so chunks and positions start at the first token
+            valid = None if mask is None or order is None else torch.gather(mask, 1, order)
+            n_p = self.persistent.shape[0]
+            prefixed = torch.cat([self.persistent.to(x.dtype).expand(B, -1, -1), xs], 1)  # x̃ = [p ‖ x]
+            prefix_valid = None if valid is None else F.pad(valid, (n_p, 0), value=True)
+            y_mem = self._memory(prefixed, None, prefix_valid)[:, n_p:]
+            y_attn = self._attention(xs, torch.arange(T, device=x.device).expand(B, T), None, None)
+        else:
+            if positions is None:
+                raise ValueError("TitansMAG: positions [B, t] are required with a state (the absolute index of x)")
+            xs, order = x, None
+            positions = positions.expand(B, T)
+            y_mem = self._memory(x, state, mask)
+            y_attn = self._attention(x, positions, state, mask)
+        out: Tensor = self.o_proj(self.attn_norm(y_attn) * torch.sigmoid(self.mem_norm(y_mem)))  # MAG's gate
+        return restore(out, order)
+
+    def extra_repr(self) -> str:
+        return f"heads={self.n_heads}x{self.head_dim}, window={self.window_size}, persistent={self.persistent.shape[0]}"
+
+
+class Titans(FastWeightBackbone):
+    """Titans MAG: ``n_layers`` blocks ``x + MAG(RMSNorm(x))``, ``x + SwiGLU(RMSNorm(x))``, a final RMSNorm."""
+
+    config_class: ClassVar[type[ArchConfig]] = TitansConfig
+    config: TitansConfig
+
+    def build_mixer(self, index: int) -> nn.Module:
+        """The :class:`TitansMAG` of every layer."""
+        c = self.config
+        return TitansMAG(
+            c.d_model,
+            c.n_heads,
+            c.head_size,
+            memory_depth=c.memory_depth,
+            memory_hidden=c.memory_hidden,
+            memory_norm=c.memory_norm,
+            momentum=c.momentum,
+            memory_lr=c.memory_lr,
+            mini_batch_size=c.mini_batch_size,
+            n_persistent=c.n_persistent,
+            window_size=c.window_size,
+            conv_size=c.conv_size,
+            rope=c.rope,
+            rope_theta=c.rope_theta,
+            norm_eps=c.norm_eps,
+            init_std=c.init_std,
+        )
