@@ -4,6 +4,8 @@
 #   bash bench/gpu.sh build        # here: wheels into dist/ (ignored by git; carry it to the GPU machine)
 #   bash bench/gpu.sh run [ARGS]   # there: install dist/*.whl with --no-deps, then pytest -m gpu plus the whole
 #                                  # CPU suite against that torch; logs under $OUT (or ./gpu-logs)
+#   bash bench/gpu.sh bench        # there: the benchmarks of bench/ (tables, JSON and PNG plots under $OUT)
+#   bash bench/gpu.sh all [ARGS]   # there: the GPU tests, then the benchmarks, then the CPU suite
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,9 +18,13 @@ build)
     python3 -m pip download --quiet --no-deps --only-binary=:all: -d dist "flash-linear-attention==0.6.0" "fla-core==0.6.0"
     ls dist
     ;;
-run)
+run | bench | all)
+    action="$1"
     shift
+    # Results and logs go to one folder; under the device tool ($OUT set, which returns few files) it is packed into
+    # one archive at the end.
     out="${OUT:-gpu-logs}"
+    [ -n "${OUT:-}" ] && out="$(mktemp -d)"
     mkdir -p "$out"
     site="$(mktemp -d)"
     python3 -m pip install --quiet --no-index --no-deps --no-compile --target "$site" dist/*.whl
@@ -29,14 +35,29 @@ print(f"python {platform.python_version()}, torch {torch.__version__}, cuda {tor
 print(f"device {torch.cuda.get_device_name()}, edifice-core {edifice.__version__}")
 PY
     status=0
-    python3 -m pytest -p no:cacheprovider -m gpu -ra packages "$@" 2>&1 | tee "$out/gpu-tests.log" || status=$?
-    # The meta-package test builds a wheel with uv, which needs the network there: it runs in CI instead.
-    python3 -m pytest -p no:cacheprovider -n 8 --edifice-require-signatures -ra packages tests --ignore=tests/test_meta_package.py "$@" \
-        2>&1 | tee "$out/cpu-suite.log" || status=$?
+    if [ "$action" != bench ]; then
+        python3 -m pytest -p no:cacheprovider -m gpu -ra packages "$@" 2>&1 | tee "$out/gpu-tests.log" || status=$?
+    fi
+    if [ "$action" != run ]; then
+        {
+            python3 bench/ssm_speed.py gpu --out "$out"
+            python3 bench/ssm_speed.py gpu --dtype bfloat16 --out "$out"
+            python3 bench/ssm_speed.py cpu --out "$out"
+            python3 bench/recurrent_latency.py --device all --out "$out"
+        } 2>&1 | tee "$out/bench.log" || status=$?
+    fi
+    if [ "$action" != bench ]; then
+        # The meta-package test builds a wheel with uv, which needs the network there: it runs in CI instead.
+        python3 -m pytest -p no:cacheprovider -n 8 --edifice-require-signatures -ra packages tests \
+            --ignore=tests/test_meta_package.py "$@" 2>&1 | tee "$out/cpu-suite.log" || status=$?
+    fi
+    if [ -n "${OUT:-}" ]; then
+        tar -czf "$OUT/edifice-gpu-results.tar.gz" -C "$out" .
+    fi
     exit "$status"
     ;;
 *)
-    echo "usage: bash bench/gpu.sh build | run [pytest args]" >&2
+    echo "usage: bash bench/gpu.sh build | run [pytest args] | bench | all [pytest args]" >&2
     exit 2
     ;;
 esac

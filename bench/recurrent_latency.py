@@ -1,81 +1,95 @@
-"""CPU latency of the recurrent entries (lstm, gru, min_gru, min_lstm) beside torch.nn.LSTM, full sequence and per step.
+"""Latency of the recurrent entries (lstm, gru, min_gru, min_lstm) beside torch.nn.LSTM, full sequence and per step.
 
-Run: ``.venv/bin/python bench/recurrent_latency.py [--threads N] [--repeats R]``. Shapes: 2 layers, d_model 256,
+Run: ``python bench/recurrent_latency.py [--device cpu|cuda|all] [--out DIR]``. Shapes: 2 layers, d_model 256,
 T = 32, batch 1 and 32, fp32, eval mode under ``torch.inference_mode``. "full" is one forward over T positions;
-"step" is one decoding step (one position, after a T-position prefill) through the model's ``step``. Medians of
-wall-clock time in milliseconds. min_gru/min_lstm run mixer-only blocks (``d_ff=0``) so all rows have comparable
-work. (The GPU part -- CUDA events, CUDA graphs, cuDNN -- comes later.)
+"step" is one decoding step (one position, after a T-position prefill) through the model's ``step``, which updates
+its state in place. On the CPU: median wall-clock times. On CUDA: eager times (CUDA events; launch-bound at these
+sizes, so they measure Python and kernel launches) and the replay latency of the same call captured in a CUDA graph
+(the deployment setting of a 60 frames/s agent; ``step`` must be capturable). min_gru/min_lstm run mixer-only blocks
+(``d_ff=0``) so every row does comparable work. Results: ``recurrent_<device>.{json,md,png}`` under ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from harness import Results, cpu_ms, gpu_ms, graph_ms
 
 import edifice
 
 D_MODEL, N_LAYERS, T = 256, 2, 32
 ENTRIES: dict[str, dict[str, int]] = {"lstm": {}, "gru": {}, "min_gru": {"d_ff": 0}, "min_lstm": {"d_ff": 0}}
+BATCHES = (1, 32)
 
 
-def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 5) -> float:
-    """Median wall-clock milliseconds of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+def calls(name: str, batch: int, device: torch.device) -> tuple[Callable[[], object], Callable[[], object]]:
+    """The full-sequence call and the one-position ``step`` call (after a prefill) of one entry or of nn.LSTM."""
+    x = torch.randn(batch, T, D_MODEL, device=device)
+    token = x[:, :1].clone()
+    if name == "torch.nn.LSTM":
+        lstm = nn.LSTM(D_MODEL, D_MODEL, num_layers=N_LAYERS, batch_first=True).to(device).eval()
+        _, (h, c) = lstm(x)
 
+        def lstm_step() -> None:
+            _, (h2, c2) = lstm(token, (h, c))
+            h.copy_(h2)
+            c.copy_(c2)
 
-def bench_entry(name: str, batch: int, repeats: int) -> tuple[int, float, float]:
-    """Parameters, full-sequence ms and per-step ms of an Edifice entry."""
-    model = edifice.build(name, d_model=D_MODEL, n_layers=N_LAYERS, **ENTRIES[name]).eval()
-    x = torch.randn(batch, T, D_MODEL)
-    full = median_ms(lambda: model(x=x), repeats)
+        return (lambda: lstm(x)), lstm_step
+    model = edifice.build(name, d_model=D_MODEL, n_layers=N_LAYERS, device=device, **ENTRIES[name]).eval()
     state = model.init_state(batch)
     model.step(x, state)  # prefill
-    token = x[:, :1]
-    step = median_ms(lambda: model.step(token, state), repeats)
-    return sum(p.numel() for p in model.parameters()), full, step
+    return (lambda: model(x=x)), (lambda: model.step(token, state))
 
 
-def bench_torch_lstm(batch: int, repeats: int) -> tuple[int, float, float]:
-    """The same numbers for a plain ``torch.nn.LSTM`` (per step: one call with the carried ``(h, c)``)."""
-    lstm = nn.LSTM(D_MODEL, D_MODEL, num_layers=N_LAYERS, batch_first=True).eval()
-    x = torch.randn(batch, T, D_MODEL)
-    full = median_ms(lambda: lstm(x), repeats)
-    _, hx = lstm(x)
-    token = x[:, :1]
-    step = median_ms(lambda: lstm(token, hx), repeats)
-    return sum(p.numel() for p in lstm.parameters()), full, step
+def bench(device: torch.device, out: Path) -> Results:
+    """Measure every entry at both batch sizes on ``device``."""
+    results = Results(f"recurrent_{device.type}", f"Recurrent latency, {N_LAYERS} layers, d_model {D_MODEL}, T {T}")
+    names = [*ENTRIES, "torch.nn.LSTM"]
+    with torch.inference_mode():
+        for batch in BATCHES:
+            shape = f"B={batch}"
+            for name in names:
+                torch.manual_seed(0)
+                full, step = calls(name, batch, device)
+                if device.type == "cpu":
+                    results.add("full sequence", name, shape, cpu_ms(full, repeats=50, warmup=5))
+                    results.add("step", name, shape, cpu_ms(step, repeats=200, warmup=10))
+                    continue
+                for what, fn in (("full sequence", full), ("step", step)):
+                    eager = gpu_ms(fn, warmup_ms=20, rep_ms=100)
+                    try:
+                        graph: float | str = round(graph_ms(fn), 4)
+                    except Exception as exc:  # a call that cannot be captured is a finding, not a crash
+                        graph = f"not capturable: {type(exc).__name__}"
+                    results.add(what, name, shape, eager, cuda_graph_ms=graph)
+    results.write(out)
+    return results
 
 
 def main() -> None:
-    """Print the table."""
+    """Run on the chosen devices and write tables and plots."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="all", choices=("cpu", "cuda", "all"))
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: PyTorch's)")
-    parser.add_argument("--repeats", type=int, default=50, help="timed runs per measurement")
+    parser.add_argument("--out", default="bench-results", help="folder for the .json/.md/.png results")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {N_LAYERS} layers, d_model {D_MODEL}, T {T}")
-    print(f"| {'model':<15} | {'params':>8} | {'batch':>5} | {'full ms':>8} | {'step ms':>8} |")
-    print(f"|{'-' * 17}|{'-' * 10}:|{'-' * 6}:|{'-' * 9}:|{'-' * 9}:|")
-    with torch.inference_mode():
-        for batch in (1, 32):
-            rows = [(name, *bench_entry(name, batch, args.repeats)) for name in ENTRIES]
-            rows.append(("torch.nn.LSTM", *bench_torch_lstm(batch, args.repeats)))
-            for name, params, full, step in rows:
-                print(f"| {name:<15} | {params:>8} | {batch:>5} | {full:>8.3f} | {step:>8.3f} |")
+    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
+    for device in devices:
+        if device == "cuda" and not torch.cuda.is_available():
+            print("no CUDA device: skipping the GPU part")
+            continue
+        bench(torch.device(device), Path(args.out))
 
 
 if __name__ == "__main__":
