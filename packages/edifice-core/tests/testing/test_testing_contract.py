@@ -315,6 +315,17 @@ def test_a_check_over_the_time_limit_fails_with_the_measured_time(
     assert timing.drain()[-1].check == "forward"
 
 
+def test_time_given_to_other_processes_does_not_count(register_toy: Register, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A check is charged the smaller of wall-clock and CPU time: waiting (here: the scheduler running another
+    # process, simulated by a sleeping clock) is not the check's cost.
+    name = register_toy()
+    clock = iter(range(0, 10_000, 50))  # every perf_counter() call jumps 50 s ahead
+    monkeypatch.setattr("edifice.testing._runner.time.perf_counter", lambda: float(next(clock)))
+    monkeypatch.setenv(timing.ENV_VAR, "2")
+    result = check_forward(name)
+    assert result.status == "passed" and result.seconds < 2
+
+
 def test_time_limit_sources_and_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(timing.ENV_VAR, raising=False)
     assert timing.time_limit() == timing.DEFAULT_TIME_LIMIT == 2.0

@@ -1,8 +1,10 @@
 """The per-check time limit of the contract (torch-free, so the pytest plugin can set it without importing torch).
 
-Each contract check must finish within the limit on 2 CPU cores (DESIGN §8). The limit is, in order of precedence:
-:func:`set_time_limit` (the pytest option ``--edifice-check-time-limit`` calls it), the environment variable
-``EDIFICE_CHECK_TIME_LIMIT`` (seconds; ``0``, ``off`` or ``none`` disables it) and the default of 2 seconds.
+Each contract check must finish within the limit on 2 CPU cores (DESIGN §8). A check's time is the smaller of its
+wall-clock and process CPU time (on the CPU), so that load from other processes does not count against it. The
+limit is, in order of precedence: :func:`set_time_limit` (the pytest option ``--edifice-check-time-limit`` calls
+it), the environment variable ``EDIFICE_CHECK_TIME_LIMIT`` (seconds; ``0``, ``off`` or ``none`` disables it) and the
+default of 2 seconds.
 """
 
 from __future__ import annotations
