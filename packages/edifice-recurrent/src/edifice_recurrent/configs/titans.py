@@ -99,7 +99,8 @@ SPECS = (
             "mini_batch_size": 5,  # with the 2 persistent tokens, T = 8 spans 2 chunks (the boundary inside x)
             "n_persistent": 2,
             "window_size": 6,
-            "d_ff": 32,
+            "memory_depth": 1,  # a linear memory and no FFN keep the compile check fast; the tests cover the MLP memory
+            "d_ff": 0,
             "d_in": 6,
         },
         verification="oracle:Behrouz et al. 2025 eqs. 8-14 (surprise with momentum and forgetting, gradients by "
