@@ -30,6 +30,7 @@ the fresh parameters. Either way, floating non-persistent buffers end in the dty
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import struct
@@ -131,7 +132,7 @@ def save(model: nn.Module, path: str | os.PathLike[str], *, metadata: Mapping[st
     tied = _tied_groups(state)
     aliases = {alias for group in tied for alias in group[1:]}
     tensors = {key: tensor.detach().contiguous() for key, tensor in state.items() if key not in aliases}
-    _refuse_partial_aliasing(config.arch, tensors)
+    _separate_packed_views(config.arch, tensors)
     header = {
         **extra,
         "format": "pt",
@@ -183,18 +184,40 @@ def _tied_groups(state: Mapping[str, torch.Tensor]) -> list[tuple[str, ...]]:
     return [tuple(keys) for keys in groups.values() if len(keys) > 1]
 
 
-def _refuse_partial_aliasing(arch: str, tensors: Mapping[str, torch.Tensor]) -> None:
-    """Refuse distinct views of one storage: storing them separately would silently untie them on load."""
+def _separate_packed_views(arch: str, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy disjoint views of one storage apart (in place in ``tensors``); refuse views whose memory overlaps.
+
+    Disjoint views are independent tensors packed into one buffer (cuDNN flattens ``nn.LSTM``/``nn.GRU`` weights
+    into one on CUDA), so each is stored on its own. Overlapping distinct views are partial ties: storing them
+    separately would silently untie them on load.
+    """
     by_storage: dict[tuple[torch.device, int], list[str]] = defaultdict(list)
     for key, tensor in tensors.items():
         if tensor.numel():
             by_storage[(tensor.device, tensor.untyped_storage().data_ptr())].append(key)
-    overlapping = [keys for keys in by_storage.values() if len(keys) > 1]
+    overlapping = []
+    for keys in by_storage.values():
+        if len(keys) == 1:
+            continue
+        spans = sorted((_byte_span(tensors[key]), key) for key in keys)
+        if any(later[0][0] < earlier[0][1] for earlier, later in itertools.pairwise(spans)):
+            overlapping.append(keys)
+            continue
+        for key in keys:
+            tensors[key] = tensors[key].clone()
     if overlapping:
         raise CheckpointError(
-            f"save: {arch} has tensors that are different views of the same memory: {overlapping}. Edifice stores "
+            f"save: {arch} has tensors that are overlapping views of the same memory: {overlapping}. Edifice stores "
             "tied tensors only when they are the same view; register one tensor and derive the other in forward."
         )
+
+
+def _byte_span(tensor: torch.Tensor) -> tuple[int, int]:
+    """The ``[start, end)`` bytes of its storage that ``tensor`` can touch (a strided view's bounding range)."""
+    size = tensor.element_size()
+    last = sum(int(n - 1) * int(stride) for n, stride in zip(tensor.shape, tensor.stride(), strict=True))
+    start = int(tensor.storage_offset()) * size
+    return start, start + (last + 1) * size
 
 
 def _versions(distribution: str) -> dict[str, str | None]:

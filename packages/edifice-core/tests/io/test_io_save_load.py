@@ -427,9 +427,24 @@ def test_save_refuses_what_it_cannot_store(tmp_path: Path) -> None:
         save(_trained(), tmp_path / "missing" / "m.safetensors")
     model = _trained()
     model.register_buffer("row", model.mix.weight.detach()[1])  # a view into mix.weight's memory
-    with pytest.raises(CheckpointError, match="different views of the same memory"):
+    with pytest.raises(CheckpointError, match="overlapping views of the same memory"):
         save(model, path)
     assert os.listdir(tmp_path) == []
+
+
+def test_disjoint_views_of_one_buffer_are_saved_apart(tmp_path: Path) -> None:
+    # cuDNN packs nn.LSTM's weights into one buffer on CUDA: each parameter is a disjoint slice of it.
+    model = _trained()
+    packed = torch.cat([model.mix.weight.detach().flatten(), model.mix.bias.detach()])
+    with torch.no_grad():
+        n = model.mix.weight.numel()
+        model.mix.weight.set_(packed.untyped_storage(), 0, model.mix.weight.shape)
+        model.mix.bias.set_(packed.untyped_storage(), n, model.mix.bias.shape)
+    assert model.mix.weight.untyped_storage().data_ptr() == model.mix.bias.untyped_storage().data_ptr()
+    save(model, tmp_path / "m.safetensors")
+    loaded = load(tmp_path / "m.safetensors")
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
 
 
 @pytest.mark.gpu
