@@ -111,3 +111,14 @@ def test_first_nonfinite_and_assert_finite() -> None:
         tol.assert_finite(t, name="out")
     with pytest.raises(AssertionError, match=r"first at \(\): nan"):
         tol.assert_finite(torch.tensor(math.nan))
+
+
+def test_exact_fp32_turns_tf32_off_and_restores_it() -> None:
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        with tol.exact_fp32():
+            assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

@@ -20,6 +20,7 @@ import torch
 from edifice.errors import MissingDependency
 from edifice.testing import timing
 from edifice.testing._harness import SEED, Case, ContractError
+from edifice.testing.tol import exact_fp32
 
 __all__ = ["CheckFunction", "CheckResult", "contract_check", "first_lines", "warm_up"]
 
@@ -105,7 +106,7 @@ def contract_check(check: str, *, warm: tuple[str, ...] = ()) -> Callable[[Calla
             case.notes.clear()
             start, start_cpu = time.perf_counter(), time.process_time()
             try:
-                with torch.random.fork_rng(devices=devices):
+                with torch.random.fork_rng(devices=devices), exact_fp32():
                     torch.manual_seed(SEED)
                     body(case)
             except ContractError as exc:

@@ -7,13 +7,18 @@
 * ``BF16_REL_L2`` -- 2e-2: bf16 autocast against fp32, as a relative L2 error over the whole tensor (elementwise
   tolerances are meaningless with an 8-bit mantissa).
 
+The fp32 tolerances assume fp32 products: :func:`exact_fp32` turns TF32 off on CUDA while a comparison's inputs are
+computed (the contract's checks run under it).
+
 Every helper reports the worst element -- its index, both values and how many elements are out of tolerance -- so a
 failing test says more than "not close".
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 
 import torch
 
@@ -28,6 +33,7 @@ __all__ = [
     "assert_finite",
     "assert_relative_l2",
     "compare",
+    "exact_fp32",
     "first_nonfinite",
     "relative_l2",
     "tolerance_for",
@@ -185,3 +191,18 @@ def _unravel(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
         flat, i = divmod(flat, size)
         index.append(i)
     return tuple(reversed(index))
+
+
+@contextlib.contextmanager
+def exact_fp32() -> Iterator[None]:
+    """Turn TF32 off for cuDNN and cuBLAS inside the block (fp32 tolerances assume fp32 products).
+
+    cuDNN's RNNs and convolutions use TF32 on CUDA by default: a ~1e-3 relative rounding that the CPU never has and
+    that would fail ``FP32``/``SCAN`` comparisons of, e.g., a cuDNN LSTM against its own step.
+    """
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
