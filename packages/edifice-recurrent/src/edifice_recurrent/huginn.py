@@ -50,6 +50,7 @@ from edifice.blocks.kv_cache import KVCache
 from edifice.blocks.norms import get_norm
 from edifice.blocks.rope import RotaryEmbedding
 from edifice.config import ArchConfig
+from edifice.graphs import is_capturing
 from edifice.outputs import model_output
 from edifice_recurrent.configs.huginn import HuginnConfig
 
@@ -305,7 +306,7 @@ class Huginn(SequenceBackbone):
 
         The number of core iterations is the one ``state`` was made for (``init_state(num_iterations=...)``).
         """
-        capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+        capturing = is_capturing()
         if not capturing:  # validation reads values back to the host, which a CUDA graph capture forbids
             self.check_inputs(**{self.primary_input: x, "attention_mask": attention_mask})
         if attention_mask is None:

@@ -50,6 +50,7 @@ from edifice.blocks.kv_cache import SlidingWindowKVCache
 from edifice.blocks.norms import get_norm
 from edifice.blocks.rope import RotaryEmbedding, apply_rotary
 from edifice.config import ArchConfig
+from edifice.graphs import is_capturing
 from edifice.outputs import model_output
 from edifice_recurrent._test_time import compact, restore
 from edifice_recurrent.configs.ttt_e2e import TTTE2EConfig
@@ -363,7 +364,8 @@ class TTTE2E(SequenceBackbone):
         self, x: Tensor, state: TTTE2EState, *, attention_mask: Tensor | None = None
     ) -> tuple[Tensor | SequenceOutput, TTTE2EState]:
         """Advance by ``t >= 1`` positions of the primary input, token by token; returns ``(y, state)``."""
-        self.check_inputs(**{self.primary_input: x, "attention_mask": attention_mask})
+        if not is_capturing():  # validation reads values back to the host, which a CUDA graph capture forbids
+            self.check_inputs(**{self.primary_input: x, "attention_mask": attention_mask})
         outs = []
         for i in range(x.shape[1]):
             token = x[:, i : i + 1]
@@ -380,7 +382,9 @@ class TTTE2E(SequenceBackbone):
         """The inner step of the mini-batch that ``token`` completes (it is its last target), where one ends."""
         b = self.config.mini_batch_size
         due = valid & (state.count % b == 0) & (state.count > 0)
-        if not bool(due.any()):
+        # Skipping the step when no row is due reads ``due`` on the host; under CUDA-graph capture the step always
+        # runs and ``due`` selects the rows it updates, so one graph serves every position.
+        if not is_capturing() and not bool(due.any()):
             return
         start = state.count - b  # (B,) first position of the finished mini-batch
         positions = start[:, None] + torch.arange(b, device=token.device)  # (B, b)

@@ -37,6 +37,7 @@ from torch.utils.checkpoint import checkpoint
 
 from edifice.blocks.backbone import SequenceBackbone
 from edifice.blocks.norms import get_norm
+from edifice.graphs import is_capturing
 from edifice_ssm.mamba import MambaMixer, MambaState, SelectiveMixer, check_mixer_args, dt_bias_init
 
 __all__ = [
@@ -183,7 +184,7 @@ class ModalityRoute:
         self.n_modalities = n_modalities
         self.order: Tensor | None = None
         self.sizes: list[int] | None = None
-        if n_modalities > 1 and not (torch.compiler.is_compiling() or modality.is_meta):
+        if n_modalities > 1 and not (torch.compiler.is_compiling() or modality.is_meta or is_capturing()):
             self.order = self.modality.argsort(stable=True)  # tokens grouped by modality
             self.sizes = torch.bincount(self.modality, minlength=n_modalities).tolist()  # one host sync per call
 
@@ -192,8 +193,8 @@ class ModalityLinear(nn.Module):
     """``n_modalities`` linear maps ``[out, in]`` stored as ``weight [M, out, in]``; each token uses its modality's.
 
     In eager mode the tokens are grouped by modality and each map runs once on its group (the paper's sparse
-    compute); under ``torch.compile`` and on the meta device every map runs on every token and the token's own
-    result is gathered (static shapes, same values). ``M = 1`` is an ordinary shared ``nn.Linear``.
+    compute); under ``torch.compile``, CUDA-graph capture and on the meta device every map runs on every token and
+    the token's own result is gathered (static shapes, same values). ``M = 1`` is an ordinary shared ``nn.Linear``.
     """
 
     def __init__(self, n_modalities: int, in_features: int, out_features: int, *, bias: bool = True) -> None:

@@ -55,6 +55,7 @@ from edifice.blocks.norms import get_norm
 from edifice.blocks.rope import RotaryEmbedding, apply_rotary
 from edifice.blocks.transformer import TransformerBlock
 from edifice.config import ArchConfig
+from edifice.graphs import is_capturing
 from edifice.outputs import model_output
 from edifice_ssm.configs.hymba import HymbaConfig
 from edifice_ssm.mamba import MambaMixer, MambaState
@@ -418,7 +419,7 @@ class Hymba(SequenceBackbone):
         self, x: Tensor, state: SequenceState, *, attention_mask: Tensor | None = None
     ) -> tuple[Tensor | SequenceOutput, SequenceState]:
         """Advance by ``t >= 1`` positions; the first call (the prefill) runs the meta tokens first."""
-        if not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):
+        if not is_capturing():
             self.check_inputs(**{self.primary_input: x, "attention_mask": attention_mask})
         h, aux = self._stack(self.embed_dropout(self.embed_inputs(x)), attention_mask, state)
         return self._output(self.norm(h), aux), state

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from edifice.blocks.backbone import SequenceBackbone, SequenceOutput, SequenceState
 from edifice.blocks.norms import get_norm
 from edifice.config import ArchConfig
+from edifice.graphs import is_capturing
 from edifice_ssm._hybrid_mamba import MixtureOfMambaMixer, ModalityLinear, positions_from_mask, run_layers
 from edifice_ssm.configs.mixture_of_mamba import MixtureOfMambaConfig
 from edifice_ssm.mamba import MambaState
@@ -152,7 +153,7 @@ class MixtureOfMamba(SequenceBackbone):
         modality_mask: Tensor | None = None,
     ) -> tuple[Tensor | SequenceOutput, SequenceState]:
         """Advance by ``t >= 1`` positions; ``modality_mask [B, t]`` gives the new tokens' modalities (required)."""
-        if not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):
+        if not is_capturing():
             self.check_inputs(
                 **{self.primary_input: x, "attention_mask": attention_mask, "modality_mask": modality_mask}
             )

@@ -134,13 +134,23 @@ class S4SSM(SSMCore):
 
 
 def _bilinear_dplr(lam: Tensor, p: Tensor, dt: Tensor) -> Tensor:
-    """``Ā = (I - Δ/2 A)^{-1} (I + Δ/2 A)`` (eq. (3)) for ``A = diag(λ) - p p*``, dense ``(H, N, N)``."""
+    """``Ā = (I - Δ/2 A)^{-1} (I + Δ/2 A)`` (eq. (3)) for ``A = diag(λ) - p p*``, dense ``(H, N, N)``.
+
+    ``I - Δ/2 A = D + (Δ/2) p p*`` with ``D = diag(1 - Δ/2 λ)``, so the Woodbury identity (Sherman-Morrison for the
+    rank-1 term, as in the paper's Appendix C.2) inverts it in closed form:
+    ``(D + u p*)^{-1} = D^{-1} - D^{-1} u p* D^{-1} / (1 + p* D^{-1} u)`` with ``u = Δ/2 p``. No linear solve: it
+    costs ``O(N^2)`` and never synchronises with the host, so ``step`` can be captured in a CUDA graph.
+    """
     N = lam.shape[-1]
+    half = (dt / 2).to(lam.dtype)[:, None]  # (H, 1)
+    d_inv = 1 / (1 - half * lam)  # D^{-1}, (H, N)
+    left_u = d_inv * half * p  # D^{-1} u
+    right = p.conj() * d_inv  # p* D^{-1}
+    scale = 1 + (p.conj() * left_u).sum(-1, keepdim=True)  # 1 + p* D^{-1} u, (H, 1)
+    inverse = torch.diag_embed(d_inv) - left_u.unsqueeze(-1) * (right / scale).unsqueeze(-2)  # (H, N, N)
     A = torch.diag_embed(lam) - p.unsqueeze(-1) * p.conj().unsqueeze(-2)  # (H, N, N)
     eye = torch.eye(N, dtype=A.dtype, device=A.device)
-    half = (dt / 2).to(A.dtype)[:, None, None]
-    left = eye - half * A  # I - Δ/2 A
-    dA: Tensor = torch.linalg.solve(left, eye + half * A)
+    dA: Tensor = inverse @ (eye + half.unsqueeze(-1) * A)
     return dA
 
 

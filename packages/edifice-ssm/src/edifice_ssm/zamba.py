@@ -42,6 +42,7 @@ from edifice.blocks.ffn import GatedFeedForward
 from edifice.blocks.kv_cache import DynamicKVCache, KVCache, StaticKVCache
 from edifice.blocks.norms import get_norm
 from edifice.config import ArchConfig
+from edifice.graphs import is_capturing
 from edifice.outputs import model_output
 from edifice_ssm._hybrid_mamba import ZambaMambaMixer, positions_from_mask, run_layers
 from edifice_ssm.configs.zamba import ZambaConfig
@@ -241,7 +242,7 @@ class Zamba(SequenceBackbone):
         self, x: Tensor, state: SequenceState, *, attention_mask: Tensor | None = None
     ) -> tuple[Tensor | SequenceOutput, SequenceState]:
         """Advance by ``t >= 1`` positions of the primary input (see :meth:`SequenceBackbone.step`)."""
-        if not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):
+        if not is_capturing():
             self.check_inputs(**{self.primary_input: x, "attention_mask": attention_mask})
         if attention_mask is None:
             positions = state.position[:, None] + torch.arange(x.shape[1], device=state.position.device)  # (B, t)

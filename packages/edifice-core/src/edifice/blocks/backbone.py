@@ -32,6 +32,7 @@ from torch.utils.checkpoint import checkpoint
 
 from edifice.blocks.norms import get_norm
 from edifice.config import ArchConfig
+from edifice.graphs import is_capturing
 from edifice.model import Model
 from edifice.outputs import model_output
 from edifice.sequence import SequenceConfig
@@ -200,7 +201,7 @@ class SequenceBackbone(Model):
         ``aux_loss`` covers only these positions when the layers have one). ``attention_mask [B, t]`` marks the new
         positions that are valid (for padded prompts); their positions continue from ``state.position``.
         """
-        if not _capturing():  # validation reads values back to the host, which a CUDA graph capture forbids
+        if not is_capturing():  # validation reads values back to the host, which a CUDA graph capture forbids
             self.check_inputs(**{self.primary_input: x, "attention_mask": attention_mask})
         if attention_mask is None:
             t = x.shape[1]
@@ -222,11 +223,6 @@ def _accumulate(out: Any, aux: Tensor | None) -> tuple[Tensor, Tensor | None]:
     if layer_aux is not None:
         aux = layer_aux if aux is None else aux + layer_aux
     return h, aux
-
-
-def _capturing() -> bool:
-    """Whether the current CUDA stream is being captured into a graph."""
-    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
 def _positions_from_mask(mask: Tensor) -> Tensor:

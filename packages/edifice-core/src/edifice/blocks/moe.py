@@ -18,9 +18,9 @@
 
 No token is ever dropped: capacity is unlimited. Dispatch is vectorised: assignments are sorted by expert, each
 expert runs once on its contiguous slice, and results are scattered back with ``index_add_`` (one host sync per call
-to read the group sizes). Under ``torch.compile`` the experts instead run densely on every token, weighted by the
-(mostly zero) combine weights, which has no data-dependent shapes and gives the same result (also on the meta
-device, where group sizes are unknown).
+to read the group sizes). Under ``torch.compile`` and CUDA-graph capture the experts instead run densely on every
+token, weighted by the (mostly zero) combine weights, which has no data-dependent shapes and gives the same result
+(also on the meta device, where group sizes are unknown).
 
 Parameter names (a Mixtral converter maps ``block_sparse_moe.gate.weight -> router.weight`` and
 ``experts.{i}.w1/w3/w2 -> experts.{i}.gate_proj/up_proj/down_proj``; Qwen2-MoE's ``shared_expert`` and
@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edifice.blocks.ffn import GatedFeedForward
+from edifice.graphs import is_capturing
 
 __all__ = ["MoEFeedForward", "load_balancing_loss"]
 
@@ -144,7 +145,7 @@ class MoEFeedForward(nn.Module):
             )
         tokens = x.reshape(-1, self.d_model)  # (n, D)
         probs, weights, indices = self.route(tokens, generator)
-        if torch.compiler.is_compiling() or tokens.is_meta:  # no data-dependent group sizes there
+        if torch.compiler.is_compiling() or tokens.is_meta or is_capturing():  # no data-dependent sizes there
             y = self._dense(tokens, weights, indices)
         else:
             y = self._sparse(tokens, weights, indices)

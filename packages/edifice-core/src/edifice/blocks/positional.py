@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from edifice.blocks.activations import get_activation
+from edifice.graphs import is_capturing
 
 __all__ = ["LearnedPositionalEmbedding", "SinusoidalPositionalEmbedding", "TimestepEmbedding", "timestep_features"]
 
@@ -79,7 +80,7 @@ class LearnedPositionalEmbedding(nn.Embedding):
         # CUDA-graph capture) or meaningless (meta tensors); the embedding lookup still fails there on a bad index.
         if positions.numel() == 0 or positions.is_meta or torch.compiler.is_compiling():
             return
-        if positions.is_cuda and torch.cuda.is_current_stream_capturing():
+        if positions.is_cuda and is_capturing():
             return
         low, high = int(positions.min()), int(positions.max())
         if low < 0 or high >= self.max_len:
