@@ -3,6 +3,7 @@ written from the paper's equations, fp32 state under bf16 inputs, and argument c
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -110,6 +111,36 @@ def test_chunked_prefixes_continue_from_the_final_state() -> None:
     y2, h2 = ops.selective_scan(u[:, 13:], delta[:, 13:], A, B[:, 13:], C[:, 13:], D, z[:, 13:], bias, sp, h1, True)
     torch.testing.assert_close(torch.cat([y1, y2], 1), full, atol=TOL, rtol=TOL)
     torch.testing.assert_close(h2, h_full, atol=TOL, rtol=TOL)
+
+
+def _saved_bytes(fn: Callable[[], torch.Tensor]) -> int:
+    """Bytes of the tensors autograd keeps for backward while ``fn()`` runs."""
+    saved = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal saved
+        saved += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return saved
+
+
+@pytest.mark.parametrize("algorithm", SCAN_ALGORITHMS)
+def test_time_blocks_match_one_block_and_keep_less_for_backward(
+    algorithm: str, agree: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = importlib.import_module("edifice.ops.selective_scan")  # the attribute of edifice.ops is the op
+
+    args = make_args(2, 45, 6, 4, groups=2, seed=50)
+    leaves = [a.requires_grad_() if isinstance(a, torch.Tensor) else a for a in args]
+    one_block = _saved_bytes(lambda: selective_scan_reference(*leaves, algorithm=algorithm))
+    monkeypatch.setattr(module, "BLOCK_ELEMENTS", 2 * 6 * 4 * 8)  # blocks of 8 positions: 6 of them, the last of 5
+    agree(with_state(selective_scan_reference, algorithm), with_state(selective_scan_naive), *args, atol=TOL, rtol=TOL)
+    blocked = _saved_bytes(lambda: selective_scan_reference(*leaves, algorithm=algorithm))
+    # Checkpointed blocks keep their inputs and the state between blocks, never the [B, T, D, N] intermediates.
+    assert blocked < one_block / 4, (blocked, one_block)
 
 
 def test_op_dispatches_to_the_reference() -> None:

@@ -29,12 +29,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from edifice.ops._checks import expect_floating, expect_rank, fmt_shape
 from edifice.ops._registry import Op
 from edifice.ops.recurrence import linear_recurrence, linear_recurrence_cumsum, linear_recurrence_hillis_steele
 
 __all__ = [
+    "BLOCK_ELEMENTS",
     "SCAN_ALGORITHMS",
     "check_selective_scan",
     "selective_scan",
@@ -146,19 +148,58 @@ def selective_scan_reference(
 
     With ``return_final_state`` returns the tuple ``(y, h_T)`` where ``h_T`` ``[B, D, N]`` is fp32. ``algorithm``
     picks the scan (``"chunked"``, ``"cumsum"`` or ``"hillis_steele"``); all give the same result. No loop over time.
+
+    The scan materialises ``[B, T, D, N]`` fp32 tensors (the decays, inputs and states), ``N`` times the activations
+    around it. Long sequences are therefore scanned in time blocks of about :data:`BLOCK_ELEMENTS` state elements,
+    the state carried from block to block, and under autograd each block is checkpointed: backward recomputes a
+    block's ``[B, T_block, D, N]`` tensors instead of keeping all of them, so memory no longer grows with ``N T``.
     """
+    batch, T, dim = u.shape
+    block = max(1, BLOCK_ELEMENTS // (batch * dim * A.shape[1]))
+    h = None if initial_state is None else initial_state.float()
+    if block >= T:
+        y, h = _scan_block(u, delta, B, C, z, h, A, D, delta_bias, delta_softplus, algorithm)
+    else:
+        checkpointed = torch.is_grad_enabled()
+        ys = []
+        for start in range(0, T, block):
+            n = min(block, T - start)
+            u_b, delta_b, B_b, C_b = (t.narrow(1, start, n) for t in (u, delta, B, C))
+            z_b = None if z is None else z.narrow(1, start, n)
+            args = (u_b, delta_b, B_b, C_b, z_b, h, A, D, delta_bias, delta_softplus, algorithm)
+            y, h = checkpoint(_scan_block, *args, use_reentrant=False) if checkpointed else _scan_block(*args)
+            ys.append(y)
+        y = torch.cat(ys, dim=1)
+    return (y, h) if return_final_state else y
+
+
+#: State elements (``B * T_block * D * N``) a time block of the reference scan holds at once: 2^26, 256 MiB of fp32
+#: per ``[B, T_block, D, N]`` tensor. Sequences with fewer run in one block.
+BLOCK_ELEMENTS = 2**26
+
+
+def _scan_block(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    z: torch.Tensor | None,
+    h0: torch.Tensor | None,
+    A: torch.Tensor,
+    D: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    delta_softplus: bool,
+    algorithm: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eqs. 4, 2a and 2b over one time block from state ``h0``: ``(y [B, T, D]`` in u's dtype, ``h_T`` fp32)."""
     _, log_a, b = _discretize(u, delta, A, B, delta_bias, delta_softplus)
-    h0 = None if initial_state is None else initial_state.float()
     if algorithm == "cumsum":
         h = linear_recurrence_cumsum(log_a, b, h0)  # (B, T, D, N)
     elif algorithm == "hillis_steele":
         h = linear_recurrence_hillis_steele(log_a.exp(), b, h0)
     else:
         h = linear_recurrence(log_a.exp(), b, h0)
-    y = _readout(h, u, C, D, z).to(u.dtype)
-    if return_final_state:
-        return y, h[:, -1]
-    return y
+    return _readout(h, u, C, D, z).to(u.dtype), h[:, -1]
 
 
 def selective_scan_naive(
