@@ -144,3 +144,22 @@ def test_stepping_is_differentiable_like_forward(cell: str) -> None:
     got = torch.autograd.grad((y * cotangent).sum(), list(model.parameters()))
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, **TOL)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_cpu_autocast_runs_in_fp32_where_onednn_has_no_bf16_rnn(cell: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # On AVX2-only CPUs oneDNN cannot build a bf16 LSTM; the layer then runs the fused call in fp32 (forward, prefill).
+    import edifice_recurrent.rnn as rnn
+
+    monkeypatch.setattr(rnn, "_onednn_rnn_supports", lambda dtype: False)
+    torch.manual_seed(0)
+    model = edifice.build(cell, d_model=16, n_layers=2).eval()
+    x = torch.randn(2, 6, 16)
+    with torch.no_grad():
+        want = model(x=x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = model(x=x)
+            state = model.init_state(2)
+            prefill, _ = model.step(x[:, :4].bfloat16(), state)
+    torch.testing.assert_close(got.float(), want, atol=0.03, rtol=0.03)
+    torch.testing.assert_close(prefill.float(), want[:, :4], atol=0.03, rtol=0.03)

@@ -209,9 +209,9 @@ class MultiTimescaleCore(nn.Module):
 def _fused(core: RNNLayer, x: Tensor, h: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
     """One fused ``nn.LSTM``/``nn.GRU`` call over ``x [B, w, d_in]`` from ``(h, c) [B, d]``: ``(y, h_n, c_n)``."""
     if c is None:
-        y, h_n = core.cell(x, h[None].contiguous())
+        y, h_n = core.fused(x, h[None].contiguous())
         return y, h_n[0], None
-    y, (h_n, c_n) = core.cell(x, (h[None].contiguous(), c[None].contiguous()))
+    y, (h_n, c_n) = core.fused(x, (h[None].contiguous(), c[None].contiguous()))
     return y, h_n[0], c_n[0]
 
 

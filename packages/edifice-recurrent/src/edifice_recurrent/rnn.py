@@ -29,6 +29,7 @@ pad; pad positions output zeros and, while stepping, leave the state unchanged.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, ClassVar
 
@@ -60,6 +61,14 @@ def valid_first(mask: Tensor) -> Tensor:
     return torch.sort((~mask).to(torch.int32), dim=1, stable=True).indices
 
 
+@functools.cache
+def _onednn_rnn_supports(dtype: torch.dtype) -> bool:
+    """Whether oneDNN runs LSTM/GRU in ``dtype`` on this CPU (bf16 and fp16 need AVX-512 or AMX instructions)."""
+    probe = {torch.bfloat16: "_is_mkldnn_bf16_supported", torch.float16: "_is_mkldnn_fp16_supported"}.get(dtype)
+    supported = getattr(torch.ops.mkldnn, probe, None) if probe else None
+    return True if supported is None else bool(supported())
+
+
 class RNNLayer(nn.Module):
     """One LSTM or GRU layer, ``x [B, T, d_in] -> h [B, T, d_model]``, following the sequence-mixer protocol."""
 
@@ -82,13 +91,31 @@ class RNNLayer(nn.Module):
         if state is not None:
             return self.dropout(self._step(x, state, mask))  # type: ignore[no-any-return]
         if mask is None:
-            y, _ = self.cell(x)  # (B, T, d_model): one fused call
+            y, _ = self.fused(x)  # (B, T, d_model): one fused call
             return self.dropout(y)  # type: ignore[no-any-return]
         # Move each row's valid tokens to the front: trailing pads cannot reach them through a causal recurrence.
         order = valid_first(mask).unsqueeze(-1)  # (B, T, 1)
-        y_front, _ = self.cell(x.gather(1, order.expand_as(x)))  # (B, T, d_model)
+        y_front, _ = self.fused(x.gather(1, order.expand_as(x)))  # (B, T, d_model)
         y = torch.zeros_like(y_front).scatter(1, order.expand_as(y_front), y_front)
         return self.dropout(y.masked_fill(~mask.unsqueeze(-1), 0.0))  # type: ignore[no-any-return]
+
+    def fused(self, x: Tensor, hx: Any = None) -> tuple[Tensor, Any]:
+        """One fused ``nn.LSTM``/``nn.GRU`` call, ``self.cell(x, hx)``, that also runs under CPU autocast anywhere.
+
+        CPU autocast sends the LSTM to oneDNN in bf16/fp16, which raises ("could not create a primitive
+        descriptor") on CPUs without those instructions (AVX2-only machines); there the call runs in fp32.
+        """
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            low = torch.get_autocast_dtype("cpu")
+            if not _onednn_rnn_supports(low):
+                dtype = next(self.cell.parameters()).dtype
+                if isinstance(hx, tuple):
+                    hx = tuple(t.to(dtype) for t in hx)
+                elif hx is not None:
+                    hx = hx.to(dtype)
+                with torch.autocast("cpu", enabled=False):
+                    return self.cell(x.to(dtype), hx)  # type: ignore[no-any-return]
+        return self.cell(x, hx)  # type: ignore[no-any-return]
 
     def _step(self, x: Tensor, state: RNNLayerState, mask: Tensor | None) -> Tensor:
         """Advance ``state`` (in place) by the ``t`` positions of ``x [B, t, d_in]``; pads leave it unchanged."""
@@ -96,11 +123,11 @@ class RNNLayer(nn.Module):
         h, c = state.h.clone(), None if state.c is None else state.c.clone()  # (1, B, d_model)
         if mask is None and x.shape[1] > 1:  # a prefill: one fused call from the carried state
             if c is None:
-                y, h = self.cell(x, h)
+                y, h = self.fused(x, h)
             else:
-                y, (h, c) = self.cell(x, (h, c))
+                y, (h, c) = self.fused(x, (h, c))
             self._store(state, h, c)
-            return y  # type: ignore[no-any-return]
+            return y
         # Position by position through ATen's fused cell (torch.lstm_cell / gru_cell: nn.LSTM's own equations and
         # weights). On CPU it costs ~10x less per token than a one-position nn.LSTM call (oneDNN set-up), and pads
         # need a per-position gate anyway.
