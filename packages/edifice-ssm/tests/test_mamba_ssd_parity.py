@@ -25,6 +25,14 @@ transformers = pytest.importorskip("transformers")
 # transformers imports model classes lazily (seconds each); resolve them at collection, not in a timed test.
 Mamba2Config, Mamba2ForCausalLM = transformers.Mamba2Config, transformers.Mamba2ForCausalLM
 
+#: transformers 5.17 (the GPU machine's) disagrees with mamba_ssm and with transformers 5.23 whenever n_groups > 1, and
+#: only then: its pure-PyTorch path spreads the B/C groups over the heads differently (the tiling bug transformers
+#: PR #37533 once fixed, ``repeat`` for ``repeat_interleave``). Grouped parity is checked against 5.23+.
+grouped = pytest.mark.skipif(
+    tuple(int(v) for v in transformers.__version__.split(".")[:2]) < (5, 23),
+    reason="transformers < 5.23 spreads Mamba-2's B/C groups over the heads unlike mamba_ssm (n_groups > 1)",
+)
+
 VOCAB = 40
 TINY = {
     "vocab_size": VOCAB,
@@ -84,7 +92,11 @@ def assert_forward_and_decoding_match(model: Any, inputs: torch.Tensor, want: to
 
 
 @signature("mamba_ssd")
-@pytest.mark.parametrize(("n_groups", "tied"), [(2, False), (1, True), (4, False)], ids=["groups2", "tied", "groups4"])
+@pytest.mark.parametrize(
+    ("n_groups", "tied"),
+    [pytest.param(2, False, marks=grouped), (1, True), pytest.param(4, False, marks=grouped)],
+    ids=["groups2", "tied", "groups4"],
+)
 def test_mamba_ssd_matches_mamba2_for_causal_lm(n_groups: int, tied: bool) -> None:
     hf = make_hf(n_groups=n_groups, tie_word_embeddings=tied)
     model = edifice.convert("transformers.Mamba2ForCausalLM", hf).eval()
@@ -94,6 +106,7 @@ def test_mamba_ssd_matches_mamba2_for_causal_lm(n_groups: int, tied: bool) -> No
     assert_forward_and_decoding_match(model, ids, hf_logits(hf, ids), "logits")
 
 
+@grouped
 @signature("mamba_ssd")
 def test_mamba_ssd_decoding_one_position_at_a_time_matches_mamba2_forward() -> None:
     hf = make_hf(seed=3)
@@ -102,6 +115,7 @@ def test_mamba_ssd_decoding_one_position_at_a_time_matches_mamba2_forward() -> N
     assert_close(stepped(model, ids, prefill=1), hf_logits(hf, ids), SCAN, name="stepped logits")
 
 
+@grouped
 @signature("mamba_ssd")
 def test_mamba_ssd_features_match_mamba2_model() -> None:
     hf = make_hf(seed=5, use_bias=True, use_conv_bias=False).backbone  # Mamba2Model: keys without "backbone."
@@ -117,6 +131,7 @@ def test_mamba_ssd_features_match_mamba2_model() -> None:
     assert_forward_and_decoding_match(model, x, want, "hidden")
 
 
+@grouped
 def test_the_mamba2_model_converter_ties_a_head_to_the_embedding() -> None:
     hf = make_hf(seed=7).backbone
     model = edifice.convert("transformers.Mamba2Model", hf).eval()
