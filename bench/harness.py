@@ -43,8 +43,17 @@ def cpu_ms(fn: Callable[[], object], *, repeats: int = 20, warmup: int = 3) -> f
     return statistics.median(times)
 
 
-def gpu_ms(fn: Callable[[], object], *, warmup_ms: float = 25.0, rep_ms: float = 100.0) -> float:
-    """Median CUDA milliseconds of ``fn()``: ``triton.testing.do_bench`` when available, else CUDA events."""
+def gpu_ms(
+    fn: Callable[[], object], *, warmup_ms: float = 25.0, rep_ms: float = 100.0, slow_ms: float = 1000.0
+) -> float:
+    """Median CUDA milliseconds of ``fn()``: ``triton.testing.do_bench`` when available, else CUDA events.
+
+    A call slower than ``slow_ms`` (a sequential scan over thousands of steps) is timed once more after the first
+    (warm-up) call instead: do_bench's five-call estimate plus its warm-up would spend a minute on it for nothing.
+    """
+    first = _event_ms(fn, repeats=1, warmup=0)
+    if first > slow_ms:
+        return _event_ms(fn, repeats=1, warmup=0)
     try:
         from triton.testing import do_bench
     except ImportError:
@@ -52,9 +61,9 @@ def gpu_ms(fn: Callable[[], object], *, warmup_ms: float = 25.0, rep_ms: float =
     return float(do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
 
 
-def _event_ms(fn: Callable[[], object], *, repeats: int) -> float:
-    """Median of CUDA-event timings of ``fn()`` (after three warm-up calls)."""
-    for _ in range(3):
+def _event_ms(fn: Callable[[], object], *, repeats: int, warmup: int = 3) -> float:
+    """Median of CUDA-event timings of ``fn()`` (after ``warmup`` untimed calls)."""
+    for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
@@ -177,8 +186,22 @@ class Results:
         png = self._plot(out / f"{self.name}.png")
         return paths + ([png] if png else [])
 
+    @classmethod
+    def from_json(cls, path: str | Path) -> Results:
+        """The results a run wrote to ``<name>.json``, to re-render their table and plot without measuring again."""
+        payload = json.loads(Path(path).read_text())
+        results = cls.__new__(cls)
+        results.name, results.title, results.columns = Path(path).stem, payload["title"], ()
+        results.env = payload["env"]
+        results.rows = [Row(**row) for row in payload["rows"]]
+        return results
+
     def _plot(self, path: Path) -> Path | None:
-        """A grouped bar chart of ms per (case, shape), one bar per implementation; None without matplotlib."""
+        """Grouped bars of ms per (case, shape), one bar per implementation; None without matplotlib.
+
+        Every other timing column (an extra named ``*_ms``, e.g. ``cuda_graph_ms``) gets a panel of its own beside
+        the first, on the same scale. Rows without a number there (an error, out of memory) have no bar.
+        """
         try:
             import matplotlib
 
@@ -186,26 +209,51 @@ class Results:
             import matplotlib.pyplot as plt
         except ImportError:
             return None
+        timings = ["ms", *sorted({k for r in self.rows for k in r.extra if k.endswith("_ms")})]
         groups = list(dict.fromkeys((r.case, r.shape) for r in self.rows))
         impls = list(dict.fromkeys(r.impl for r in self.rows))
         width = 0.8 / len(impls)
-        fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(groups)), 4.0))
-        for i, impl in enumerate(impls):
-            values = {(r.case, r.shape): r.ms for r in self.rows if r.impl == impl}
-            xs = [g + i * width for g, key in enumerate(groups) if key in values]
-            ax.bar(xs, [values[key] for key in groups if key in values], width, label=impl)
-        ax.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))])
-        ax.set_xticklabels([f"{c}\n{s}" for c, s in groups], fontsize=7)
-        ax.set_yscale("log")
-        ax.set_ylabel("milliseconds (log scale; lower is better)")
-        ax.set_title(f"{self.title}\n{self.env.get('gpu', self.env['cpu'])}, torch {self.env['torch']}", fontsize=9)
-        ax.legend(fontsize=7)
+        fig, axes = plt.subplots(
+            1, len(timings), figsize=(max(6.0, 1.6 * len(groups)) * len(timings), 4.0), sharey=True, squeeze=False
+        )
+        for ax, timing in zip(axes[0], timings, strict=True):
+            for i, impl in enumerate(impls):
+                values = {(r.case, r.shape): _timing(r, timing) for r in self.rows if r.impl == impl}
+                keys = [key for key in groups if values.get(key) is not None]
+                ax.bar(
+                    [groups.index(key) + i * width for key in keys], [values[key] for key in keys], width, label=impl
+                )
+            ax.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))])
+            ax.set_xticklabels([f"{c}\n{s}" for c, s in groups], fontsize=7)
+            ax.set_yscale("log")
+            ax.set_title("eager" if timing == "ms" else timing.removesuffix("_ms").replace("_", " "), fontsize=8)
+        axes[0][0].set_ylabel("milliseconds (log scale; lower is better)")
+        axes[0][-1].legend(fontsize=7)
+        device = self.env.get("gpu", self.env["cpu"])
+        fig.suptitle(f"{self.title}\n{device}, torch {self.env['torch']}", fontsize=9)
         fig.tight_layout()
         fig.savefig(path, dpi=120)
         plt.close(fig)
         return path
 
 
+def _timing(row: Row, column: str) -> float | None:
+    """The row's time in ``column`` (``ms`` or a ``*_ms`` extra) when it is a finite number, else None."""
+    value = row.ms if column == "ms" else row.extra.get(column)
+    return value if isinstance(value, float | int) and value == value else None  # NaN != NaN: no bar
+
+
 def _fmt(value: float | str) -> str:
     """A table cell: floats with three significant decimals, strings as they are."""
     return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
+        print("usage: python bench/harness.py RESULTS.json [...]   # re-render each one's .md and .png beside it")
+        raise SystemExit(0 if len(sys.argv) > 1 else 2)
+    for name in sys.argv[1:]:
+        for written in Results.from_json(name).write(Path(name).parent):
+            print(written)

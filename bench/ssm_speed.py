@@ -11,9 +11,10 @@ Two cases::
 
 On the GPU both sides hold the same weights (mapped by the converters users get) and their outputs are compared
 before timing; times are ``triton.testing.do_bench`` medians, memory is the peak allocated by one call. transformers'
-Mamba runs its default sequential scan (``use_mambapy=False``) and its ``mamba.py`` parallel scan
-(``use_mambapy=True``); without the ``mamba_ssm``/``causal_conv1d`` CUDA packages both transformers models take their
-pure-PyTorch paths, which is what they are compared against here.
+Mamba runs its default sequential scan (``use_mambapy=False``) and, when the ``mambapy`` package is installed, its
+``mamba.py`` parallel scan (``use_mambapy=True``; without that package the flag falls back to the sequential scan, so
+the row is skipped). A call that runs out of memory is recorded as such. Without the ``mamba_ssm``/``causal_conv1d``
+CUDA packages both transformers models take their pure-PyTorch paths, which is what they are compared against here.
 """
 
 from __future__ import annotations
@@ -111,6 +112,24 @@ def _edifice_from(name: str, hf: Any) -> torch.nn.Module:
     return model
 
 
+def _mambapy_available() -> bool:
+    """Whether transformers' ``use_mambapy`` path can run (it needs the ``mambapy`` package's parallel scan)."""
+    import importlib.util
+
+    return importlib.util.find_spec("mambapy") is not None
+
+
+def _measure(results: Results, case: str, impl: str, shape: str, fn: Callable[[], None], err: float) -> None:
+    """Time ``fn`` and record its peak memory; an out-of-memory call is recorded as such (a finding, not a crash)."""
+    try:
+        ms = gpu_ms(fn, warmup_ms=50, rep_ms=200)
+        peak: float | str = round(peak_mib(fn), 1)
+    except torch.OutOfMemoryError:
+        ms, peak = float("nan"), "out of memory"
+    torch.cuda.empty_cache()
+    results.add(case, impl, shape, ms, peak_mib=peak, rel_err=f"{err:.1e}")
+
+
 def bench_gpu(out: Path, dtype: torch.dtype) -> None:
     """mamba / mamba_ssd against transformers' pure-PyTorch Mamba / Mamba2 at B=8, T=2048, d_model 1024."""
     label = str(dtype).removeprefix("torch.")
@@ -119,42 +138,49 @@ def bench_gpu(out: Path, dtype: torch.dtype) -> None:
     shape = f"B={B} T={T} d={D} L={L}"
     device = torch.device("cuda")
     x = torch.randn(B, T, D, device=device, dtype=dtype)
-    pairs = [
-        ("mamba", "transformers MambaModel (sequential)", lambda: _hf_mamba(D, L, mambapy=False)),
-        ("mamba", "transformers MambaModel (use_mambapy)", lambda: _hf_mamba(D, L, mambapy=True)),
-        ("mamba_ssd", "transformers Mamba2Model (torch_forward)", lambda: _hf_mamba2(D, L)),
-    ]
+    pairs = [("mamba", "transformers MambaModel (sequential)", lambda: _hf_mamba(D, L, mambapy=False))]
+    if _mambapy_available():
+        pairs.append(("mamba", "transformers MambaModel (use_mambapy)", lambda: _hf_mamba(D, L, mambapy=True)))
+    else:
+        print("mambapy is not installed: transformers' use_mambapy path would run the sequential scan, skipped")
+    pairs.append(("mamba_ssd", "transformers Mamba2Model (torch_forward)", lambda: _hf_mamba2(D, L)))
     built: dict[str, torch.nn.Module] = {}
+    pairs_run = [(name, hf_label) for name, hf_label, _ in pairs]  # the pairs whose transformers side ran
     for name, hf_label, make in pairs:
         torch.manual_seed(0)
         hf = make().to(device=device, dtype=dtype)
         if name not in built:
             built[name] = _edifice_from(name, hf).to(device=device, dtype=dtype)
         ours = built[name]
+        try:
+            with torch.no_grad():
+                want = hf(inputs_embeds=x).last_hidden_state.float()
+        except RuntimeError as exc:  # a peer that cannot run this dtype is a finding, not a crash
+            reason = f"fails: {str(exc).splitlines()[0][:80]}"
+            print(f"{hf_label} ({label}) {reason}")
+            for mode in ("forward", "fwd+bwd"):
+                results.add(f"{name} {mode}", hf_label, shape, float("nan"), peak_mib=reason, rel_err="")
+            pairs_run.remove((name, hf_label))
+            want = None
         with torch.no_grad():
-            want = hf(inputs_embeds=x).last_hidden_state.float()
             got = ours(x=x).float()
-        err = ((got - want).norm() / want.norm()).item()
-        sides: list[tuple[str, torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]]] = [
-            (hf_label, hf, lambda t, m=hf: m(inputs_embeds=t).last_hidden_state),
-        ]
-        if not any(r.impl.startswith(f"edifice {name}") for r in results.rows):
+        err = float("nan") if want is None else ((got - want).norm() / want.norm()).item()
+        sides: list[tuple[str, torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]]] = []
+        if want is not None:
+            sides.append((hf_label, hf, lambda t, m=hf: m(inputs_embeds=t).last_hidden_state))
+        if not any(r.impl == f"edifice {name}" for r in results.rows):
             sides.insert(0, (f"edifice {name}", ours, lambda t, m=ours: m(x=t)))
         for impl, module, call in sides:
-            for mode in ("forward", "fwd+bwd"):
-                if mode == "forward":
 
-                    def fn(module: torch.nn.Module = module, call: Callable[..., torch.Tensor] = call) -> None:
-                        with torch.no_grad():
-                            call(x)
+            def forward(call: Callable[[torch.Tensor], torch.Tensor] = call) -> None:
+                with torch.no_grad():
+                    call(x)
 
-                else:
-                    fn = train_step(module, x, call)
-                ms = gpu_ms(fn, warmup_ms=50, rep_ms=200)
-                results.add(f"{name} {mode}", impl, shape, ms, peak_mib=round(peak_mib(fn), 1), rel_err=f"{err:.1e}")
+            _measure(results, f"{name} forward", impl, shape, forward, err)
+            _measure(results, f"{name} fwd+bwd", impl, shape, train_step(module, x, call), err)
         del hf
         torch.cuda.empty_cache()
-    for name, hf_label, _ in pairs:
+    for name, hf_label in pairs_run:
         for mode in ("forward", "fwd+bwd"):
             ratio = results.ratio(f"{name} {mode}", shape, hf_label, f"edifice {name}")
             print(f"{name} {mode}: edifice is {ratio:.2f}x the speed of {hf_label}")
