@@ -105,13 +105,15 @@ SPECS = (
         model="edifice_recurrent.miras:Miras",
         inputs=sequence_inputs(),
         outputs=sequence_outputs(),
-        tiny={  # one layer: torch.compile traces every chunk of the inner loop (the package tests stack two)
+        # One layer and no FFN: torch.compile traces every chunk of the inner loop (the package tests stack two
+        # layers with their FFNs).
+        tiny={
             "d_model": 16,
             "n_layers": 1,
             "n_heads": 2,
             "memory_size": 16,
             "mini_batch_size": 4,
-            "d_ff": 32,
+            "d_ff": 0,
             "d_in": 6,
         },
         verification="oracle:Behrouz et al. 2025 (MIRAS) Moneta, Yaad and Memora update rules (§5.1-5.3) with "

@@ -93,14 +93,16 @@ SPECS = (
         model="edifice_recurrent.ttt:TTT",
         inputs=sequence_inputs(),
         outputs=sequence_outputs(),
-        tiny={  # one layer: torch.compile traces every chunk of the inner loop (the package tests stack two)
+        # One layer and no FFN: torch.compile traces every chunk of the inner loop (the package tests stack two
+        # layers with their FFNs).
+        tiny={
             "d_model": 16,
             "n_layers": 1,
             "n_heads": 2,
             "variant": "mlp",
             "inner_size": 16,
             "mini_batch_size": 4,
-            "d_ff": 32,
+            "d_ff": 0,
             "d_in": 6,
         },
         verification="oracle:Sun et al. 2024 §2.5-2.7 mini-batch TTT, every inner gradient by autograd (fp64); "
