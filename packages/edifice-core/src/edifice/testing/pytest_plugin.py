@@ -33,7 +33,7 @@ from typing import Any, cast
 import pytest
 
 from edifice.plugins import PluginRecord
-from edifice.testing import timing
+from edifice.testing import _solo, timing
 from edifice.testing.registration import registrar
 
 __all__ = ["edifice_plugin"]
@@ -41,6 +41,8 @@ __all__ = ["edifice_plugin"]
 _USER_PROPERTY = "edifice_check_seconds"
 _MUTATION_PROPERTY = "edifice_mutation"
 _SUMMARY_SIZE = 5
+#: Set on the pytest config that configured the worker coordination of :mod:`edifice.testing._solo`.
+_COORDINATES = pytest.StashKey[bool]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -78,6 +80,11 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(str(exc)) from None
     config.pluginmanager.register(_TimingReport(), "edifice-timing-report")
     _share_cores_between_workers()
+    if os.environ.get("PYTEST_XDIST_WORKER") and not _solo.configured():
+        # Workers' temporary directories are <run>/popen-gwN: the run's one is where they meet. A pytest run inside
+        # a test (pytester) keeps the outer run's coordination.
+        _solo.configure(lambda: config._tmp_path_factory.getbasetemp().parent)  # type: ignore[attr-defined]
+        config.stash[_COORDINATES] = True
     mutations = config.getoption("--edifice-mutate")
     if mutations:
         from edifice.testing.mutate import MUTATIONS
@@ -101,9 +108,18 @@ def _share_cores_between_workers() -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    """Undo the time limit option (in-process pytest runs share this module)."""
+    """Undo the time limit option and the worker coordination (in-process pytest runs share these modules)."""
     if config.getoption("--edifice-check-time-limit") is not None:
         timing.reset_time_limit()
+    if config.stash.get(_COORDINATES, False):
+        _solo.configure(None)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """Run every test under the shared worker lock, so that a check re-measured alone has the machine to itself."""
+    with _solo.in_test():
+        return (yield)
 
 
 @pytest.hookimpl(tryfirst=True)
