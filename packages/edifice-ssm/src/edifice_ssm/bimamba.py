@@ -54,7 +54,7 @@ from edifice.blocks.norms import get_norm
 from edifice.blocks.transformer import TransformerBlock
 from edifice.config import ArchConfig
 from edifice_ssm.configs.bimamba import COMBINES, BiMambaConfig
-from edifice_ssm.mamba import MambaMixer
+from edifice_ssm.mamba import MambaMixer, reset_ends
 
 __all__ = ["BiMamba", "BiMambaMixer", "reverse_valid"]
 
@@ -162,13 +162,7 @@ class BiMamba(SequenceBackbone):
             projections = {id(m.out_proj): m.out_proj for m in (layer.mixer.forward_mixer, layer.mixer.backward_mixer)}
             for out_proj in projections.values():
                 out_proj.weight.div_(math.sqrt(self.config.n_layers))
-        self.norm.reset_parameters()  # type: ignore[operator]
-        if self.embed_tokens is not None:
-            nn.init.normal_(self.embed_tokens.weight, std=self.config.init_std)
-        if isinstance(self.input_proj, nn.Linear):
-            self.input_proj.reset_parameters()
-        if self.lm_head is not None and not self.config.tie_embeddings:
-            nn.init.normal_(self.lm_head.weight, std=self.config.init_std)
+        reset_ends(self)
 
     def init_state(self, batch_size: int, **kwargs: Any) -> SequenceState:
         """Not available: BiMamba is bidirectional, so it has no left-to-right decoding state."""

@@ -52,7 +52,7 @@ from edifice.blocks.norms import get_norm
 from edifice.blocks.transformer import TransformerBlock
 from edifice.config import ArchConfig
 from edifice_ssm.configs.longhorn import LonghornConfig
-from edifice_ssm.mamba import MambaState
+from edifice_ssm.mamba import MambaState, reset_ends
 
 __all__ = ["Longhorn", "LonghornMixer", "longhorn_coefficients", "longhorn_scan"]
 
@@ -201,10 +201,4 @@ class Longhorn(SequenceBackbone):
             assert isinstance(layer, TransformerBlock) and isinstance(layer.mixer, LonghornMixer)
             layer.reset_parameters()
             layer.mixer.out_proj.weight.div_(math.sqrt(self.config.n_layers))
-        self.norm.reset_parameters()  # type: ignore[operator]
-        if self.embed_tokens is not None:
-            nn.init.normal_(self.embed_tokens.weight, std=self.config.init_std)
-        if isinstance(self.input_proj, nn.Linear):
-            self.input_proj.reset_parameters()
-        if self.lm_head is not None and not self.config.tie_embeddings:
-            nn.init.normal_(self.lm_head.weight, std=self.config.init_std)
+        reset_ends(self)

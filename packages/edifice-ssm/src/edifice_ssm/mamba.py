@@ -48,7 +48,7 @@ from edifice.ops.selective_scan import SCAN_ALGORITHMS
 from edifice.outputs import model_output
 from edifice_ssm.configs.mamba import MambaConfig
 
-__all__ = ["Mamba", "MambaMixer", "MambaState", "SelectiveMixer", "check_mixer_args", "dt_bias_init"]
+__all__ = ["Mamba", "MambaMixer", "MambaState", "SelectiveMixer", "check_mixer_args", "dt_bias_init", "reset_ends"]
 
 
 @model_output
@@ -287,6 +287,22 @@ class MambaMixer(SelectiveMixer):
         return self.out_proj(y)  # type: ignore[no-any-return]
 
 
+@torch.no_grad()
+def reset_ends(model: SequenceBackbone) -> None:
+    """Mamba's init of a backbone's ends: the final norm; embeddings and an untied head ``N(0, init_std²)``.
+
+    A feature input projection is reset as ``nn.Linear`` does (``mamba_ssm``'s ``_init_weights``).
+    """
+    config: Any = model.config
+    model.norm.reset_parameters()  # type: ignore[operator]
+    if model.embed_tokens is not None:
+        nn.init.normal_(model.embed_tokens.weight, std=config.init_std)
+    if isinstance(model.input_proj, nn.Linear):
+        model.input_proj.reset_parameters()
+    if model.lm_head is not None and not config.tie_embeddings:
+        nn.init.normal_(model.lm_head.weight, std=config.init_std)
+
+
 class Mamba(SequenceBackbone):
     """Mamba language/sequence model: ``n_layers`` pre-norm residual :class:`MambaMixer` blocks and a final RMSNorm."""
 
@@ -314,10 +330,4 @@ class Mamba(SequenceBackbone):
             assert isinstance(layer, TransformerBlock) and isinstance(layer.mixer, MambaMixer)
             layer.reset_parameters()
             layer.mixer.out_proj.weight.div_(math.sqrt(self.config.n_layers))
-        self.norm.reset_parameters()  # type: ignore[operator]
-        if self.embed_tokens is not None:
-            nn.init.normal_(self.embed_tokens.weight, std=self.config.init_std)
-        if isinstance(self.input_proj, nn.Linear):
-            self.input_proj.reset_parameters()
-        if self.lm_head is not None and not self.config.tie_embeddings:
-            nn.init.normal_(self.lm_head.weight, std=self.config.init_std)
+        reset_ends(self)

@@ -44,7 +44,7 @@ from edifice.config import ArchConfig
 from edifice.graphs import is_capturing
 from edifice_ssm._hybrid_mamba import MixtureOfMambaMixer, ModalityLinear, positions_from_mask, run_layers
 from edifice_ssm.configs.mixture_of_mamba import MixtureOfMambaConfig
-from edifice_ssm.mamba import MambaState
+from edifice_ssm.mamba import MambaState, reset_ends
 
 __all__ = ["MixtureOfMamba", "MixtureOfMambaLayer", "MixtureOfMambaMixer", "ModalityLinear"]
 
@@ -120,13 +120,7 @@ class MixtureOfMamba(SequenceBackbone):
             layer.mixer_norm.reset_parameters()  # type: ignore[operator]
             layer.mixer.reset_parameters()
             layer.mixer.out_proj.weight.div_(math.sqrt(self.config.n_layers))
-        self.norm.reset_parameters()  # type: ignore[operator]
-        if self.embed_tokens is not None:
-            nn.init.normal_(self.embed_tokens.weight, std=self.config.init_std)
-        if isinstance(self.input_proj, nn.Linear):
-            self.input_proj.reset_parameters()
-        if self.lm_head is not None and not self.config.tie_embeddings:
-            nn.init.normal_(self.lm_head.weight, std=self.config.init_std)
+        reset_ends(self)
 
     def forward(
         self,

@@ -43,7 +43,7 @@ from edifice.blocks.rope import RotaryEmbedding
 from edifice.blocks.transformer import TransformerBlock
 from edifice.config import ArchConfig
 from edifice_ssm.configs.samba import SambaConfig
-from edifice_ssm.mamba import MambaMixer
+from edifice_ssm.mamba import MambaMixer, reset_ends
 
 __all__ = ["Samba", "SlidingWindowAttention"]
 
@@ -134,10 +134,4 @@ class Samba(SequenceBackbone):
             assert isinstance(out, nn.Linear)
             out.weight.div_(scale)
             layer.ffn.down_proj.weight.div_(scale)
-        self.norm.reset_parameters()  # type: ignore[operator]
-        if self.embed_tokens is not None:
-            nn.init.normal_(self.embed_tokens.weight, std=self.config.init_std)
-        if isinstance(self.input_proj, nn.Linear):
-            self.input_proj.reset_parameters()
-        if self.lm_head is not None and not self.config.tie_embeddings:
-            nn.init.normal_(self.lm_head.weight, std=self.config.init_std)
+        reset_ends(self)
