@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 import edifice
 from edifice.blocks.kv_cache import DynamicKVCache, StaticKVCache
@@ -78,31 +79,15 @@ def test_state_layout() -> None:
 
 
 @pytest.mark.parametrize("overrides", [{}, TOKENS], ids=["features", "tokens"])
-def test_left_and_right_padding_with_a_mask_equal_the_unpadded_run(overrides: dict[str, Any]) -> None:
-    model = build(**overrides)
-    u, pad = inputs(model, 1, 7), inputs(model, 1, 3, seed=9)
-    with torch.no_grad():
-        want = call(model, u)
-        left = call(model, torch.cat([pad, u], 1), torch.tensor([[False] * 3 + [True] * 7]))
-        right = call(model, torch.cat([u, pad], 1), torch.tensor([[True] * 7 + [False] * 3]))
-    assert_close(left[:, 3:], want, SCAN, name="left padded")
-    assert_close(right[:, :7], want, SCAN, name="right padded")
+def test_left_and_right_padding_with_a_mask_equal_the_unpadded_run(
+    overrides: dict[str, Any], padding_is_invisible: Callable[[nn.Module], None]
+) -> None:
+    padding_is_invisible(build(**overrides))
 
 
-def test_batched_decoding_of_a_left_padded_prompt() -> None:
+def test_batched_decoding_of_a_left_padded_prompt(left_padded_batch_decodes_alone: Callable[[nn.Module], None]) -> None:
     """Row 0's prompt is 2 positions shorter (left-padded); each row decodes as if it were alone, meta tokens too."""
-    model = build(**TOKENS)
-    u = inputs(model, 2, 8)
-    prompt = u[:, :5].clone()
-    prompt[0, :2] = 0
-    mask = torch.tensor([[False, False, True, True, True], [True] * 5])
-    with torch.no_grad():
-        state = model.init_state(2)
-        outs = [model.step(prompt, state, attention_mask=mask)[0]]
-        outs += [model.step(u[:, t : t + 1], state)[0] for t in range(5, 8)]
-        stepped = torch.cat(outs, dim=1)  # type: ignore[arg-type]
-        assert_close(stepped[:1, 2:], call(model, u[:1, 2:]), SCAN, name="row 0")
-        assert_close(stepped[1:], call(model, u[1:]), SCAN, name="row 1")
+    left_padded_batch_decodes_alone(build(**TOKENS))
 
 
 def test_pooled_outputs_ignore_padding() -> None:
