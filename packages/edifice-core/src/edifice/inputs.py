@@ -93,21 +93,27 @@ def validate_inputs(spec: ArchSpec, config: ArchConfig, inputs: Mapping[str, Any
                     bound[dim] = int(size)
     for key, ts, value in present:
         shape = resolve_shape_pattern(ts, env)
-        expected = _describe_shape(ts, env, bound)
-        got = "[" + ", ".join(str(s) for s in value.shape) + "]"
         if len(shape) != value.dim():
-            raise InputError(f"{name}: input '{key}' expected {expected}, got {got}")
+            raise _shape_error(name, key, ts, value, env, bound)
         for dim, size in zip(shape, value.shape, strict=True):
             try:
                 want = evaluate(dim, {**env, **bound}) if not isinstance(dim, int) else dim
             except NameError:  # an expression of a symbol no input binds (e.g. cu_seqlens [N + 1]): unchecked
                 continue
             if want != size:
-                raise InputError(f"{name}: input '{key}' expected {expected}, got {got}")
+                raise _shape_error(name, key, ts, value, env, bound)
         if not dtype_matches(ts.dtype, value.dtype):
             raise InputError(f"{name}: input '{key}' expected dtype {_dtype_words(ts)}, got {_short(value.dtype)}")
         _check_domain(name, key, ts, value, {**env, **bound})
     return bound
+
+
+def _shape_error(
+    name: str, key: str, ts: TensorSpec, value: torch.Tensor, env: Mapping[str, Any], bound: Mapping[str, int]
+) -> InputError:
+    """The error for an input of the wrong shape, naming the expected one (built only when raising)."""
+    got = "[" + ", ".join(str(s) for s in value.shape) + "]"
+    return InputError(f"{name}: input '{key}' expected {_describe_shape(ts, env, bound)}, got {got}")
 
 
 def _check_domain(name: str, key: str, ts: TensorSpec, value: torch.Tensor, env: Mapping[str, Any]) -> None:

@@ -69,6 +69,12 @@ def names_in(expr: str | int) -> frozenset[str]:
     """Return the names an expression refers to (empty for integers)."""
     if isinstance(expr, int):
         return frozenset()
+    return _names(expr)
+
+
+@functools.lru_cache(maxsize=4096)
+def _names(expr: str) -> frozenset[str]:
+    # Cached: input validation asks this of every dimension at every forward call.
     return frozenset(n.id for n in ast.walk(_parse(expr)) if isinstance(n, ast.Name))
 
 
