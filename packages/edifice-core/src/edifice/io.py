@@ -17,7 +17,8 @@ A checkpoint is a plain safetensors file (raw tensor bytes and a JSON header; no
 Loading rebuilds the config (refusing a newer schema; an older one goes through the config class's optional
 ``migrate_config(data, from_version) -> data`` classmethod), builds the model on the meta device, checks every key
 and shape against the file (one :class:`~edifice.errors.CheckpointError` names everything missing, unexpected or
-mis-shaped), then assigns the file's tensors (``load_state_dict(assign=True)``) and re-ties shared parameters.
+mis-shaped), then assigns the file's tensors (``load_state_dict(assign=True)``), re-ties shared parameters and packs
+``nn.LSTM``/``nn.GRU`` weights back into their one cuDNN buffer.
 
 Non-persistent buffers (RoPE tables, causal masks) are not in the file and must be recomputed. A module that owns
 some can implement ``init_non_persistent_buffers()``, which fills them *in place* once they are allocated,
@@ -363,6 +364,7 @@ def load(
     ties = _shared_slots(model)
     model.load_state_dict(_read_tensors(meta, report.present, target, cast), strict=False, assign=True)
     _retie(ties)
+    _flatten_rnn_weights(model)
     slots = _non_persistent_slots(model)
     if on_meta:
         _init_non_persistent(slots, target)
@@ -488,6 +490,16 @@ def _retie(groups: list[list[_Slot]]) -> None:
         shared = getattr(module, kind)[name]
         for other, other_kind, other_name in others:
             getattr(other, other_kind)[other_name] = shared
+
+
+def _flatten_rnn_weights(model: nn.Module) -> None:
+    """Pack every ``nn.LSTM``/``nn.GRU``'s assigned weights back into one cuDNN buffer (a no-op off CUDA).
+
+    ``assign=True`` gives each weight its own storage; cuDNN would then warn and copy them all at every call.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.RNNBase):
+            module.flatten_parameters()
 
 
 def _non_persistent_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
