@@ -6,6 +6,9 @@ gate and of Cho et al.'s GRU); a generic layer in place of the cell could not lo
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -163,3 +166,62 @@ def test_cpu_autocast_runs_in_fp32_where_onednn_has_no_bf16_rnn(cell: str, monke
             prefill, _ = model.step(x[:, :4].bfloat16(), state)
     torch.testing.assert_close(got.float(), want, atol=0.03, rtol=0.03)
     torch.testing.assert_close(prefill.float(), want[:, :4], atol=0.03, rtol=0.03)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_the_stack_is_one_torch_module_called_once_per_sequence(cell: str) -> None:
+    # One multi-layer call (cuDNN's layer wavefront on a GPU) for a forward and for a prefill; a decoding step goes
+    # through the fused cells instead (cheaper per token than a call of the module).
+    model = edifice.build(cell, d_model=8, n_layers=3, d_in=4).eval()
+    assert isinstance(model.rnn, CELLS[cell]) and model.rnn.num_layers == 3
+    assert set(model.state_dict()) == {f"rnn.{key}" for key in model.rnn.state_dict()}
+    calls = []
+    model.rnn.register_forward_hook(lambda *_: calls.append(1))
+    x = randn(2, 5, 4, seed=16)
+    with torch.no_grad():
+        model(x=x)
+        model(x=x, attention_mask=torch.tensor([[True] * 5, [False] + [True] * 4]))
+        state = model.init_state(2)
+        model.step(x[:, :4], state)
+        assert len(calls) == 3
+        model.step(x[:, 4:], state)
+    assert len(calls) == 3
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_training_dropout_between_layers_is_torch_rnn_dropout(cell: str) -> None:
+    # Same seed, same dropout masks: the stack drops what nn.LSTM(dropout=p) drops, and nothing from its input.
+    torch.manual_seed(17)
+    ref = CELLS[cell](5, 12, num_layers=3, dropout=0.5, batch_first=True).train()
+    model = from_torch_rnn(ref).train()
+    x = randn(2, 7, 5, seed=18)
+    torch.manual_seed(19)
+    want = ref(x)[0]
+    torch.manual_seed(19)
+    torch.testing.assert_close(model(x=x), want, **TOL)
+
+
+def test_gradient_checkpointing_keeps_gradients() -> None:
+    model = edifice.build("lstm", d_model=6, n_layers=2, d_in=3)
+    x = randn(2, 5, 3, seed=20)
+    want = torch.autograd.grad(model(x=x).square().sum(), list(model.parameters()))
+    model.set_grad_checkpointing()
+    got = torch.autograd.grad(model(x=x).square().sum(), list(model.parameters()))
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, **TOL)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_cuda_weights_stay_one_cudnn_buffer_through_save_and_load(cell: str, tmp_path: Path) -> None:
+    # cuDNN warns and copies every weight at every call when they are not one flat buffer; building, moving and
+    # loading (which assigns each tensor separately) must all leave them packed.
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    model = edifice.build(cell, d_model=32, n_layers=2, device="cuda").eval()
+    edifice.save(model, tmp_path / "rnn.safetensors")
+    loaded = edifice.load(tmp_path / "rnn.safetensors", device="cuda").eval()
+    x = torch.randn(2, 6, 32, device="cuda")
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("error")  # "RNN module weights are not part of single contiguous chunk of memory"
+        torch.testing.assert_close(loaded(x=x), model(x=x), atol=0, rtol=0)

@@ -45,7 +45,7 @@ import edifice
 from edifice.blocks.backbone import SequenceBackbone
 from edifice.outputs import model_output
 from edifice_recurrent.configs.multi_timescale_recurrence import MultiTimescaleConfig
-from edifice_recurrent.rnn import RNNLayer, RNNLayerState, valid_first
+from edifice_recurrent.rnn import RNNLayer, RNNLayerState, run_valid_first
 
 __all__ = ["MultiTimescaleCore", "MultiTimescaleRecurrence", "MultiTimescaleState", "slow_ticks"]
 
@@ -115,12 +115,9 @@ class MultiTimescaleCore(nn.Module):
             return self.dropout(self._step(x, state, mask))  # type: ignore[no-any-return]
         if mask is None:
             return self.dropout(self._aligned(x)[0])  # type: ignore[no-any-return]
-        # Move each row's valid tokens to the front: every row then starts at position 0 on the same tick grid, and
-        # the trailing pads cannot reach the valid positions through the causal hierarchy.
-        order = valid_first(mask).unsqueeze(-1)  # (B, T, 1)
-        y_front = self._aligned(x.gather(1, order.expand_as(x)))[0]  # (B, T, d_model)
-        y = torch.zeros_like(y_front).scatter(1, order.expand_as(y_front), y_front)
-        return self.dropout(y.masked_fill(~mask.unsqueeze(-1), 0.0))  # type: ignore[no-any-return]
+        # Valid tokens first: every row then starts at position 0 on the same tick grid, and the trailing pads
+        # cannot reach the valid positions through the causal hierarchy.
+        return self.dropout(run_valid_first(lambda v: self._aligned(v)[0], x, mask))  # type: ignore[no-any-return]
 
     def core_states(self, x: Tensor) -> list[Tensor]:
         """Every core's hidden state ``h^k_t`` at every position of ``x [B, T, d_in]`` (from zero), fastest first.
@@ -147,7 +144,7 @@ class MultiTimescaleCore(nn.Module):
             for k in range(K - 1, 0, -1):
                 if start % self.scales[k] == 0:
                     inp = h[k - 1] if k == K - 1 else torch.cat([h[k - 1], h[k + 1]], dim=-1)
-                    h[k], c[k] = cells[k]._cell_step(inp, h[k], c[k])
+                    h[k], c[k] = cells[k].cell_step(inp, h[k], c[k])
             # The fast core over the window [start, stop) where h^1 is constant: one fused call (eq. 3).
             width = stop - start
             window = torch.cat([x[:, start:stop], h[1][:, None].expand(B, width, d)], dim=-1)  # (B, w, d_in + d)
@@ -175,9 +172,9 @@ class MultiTimescaleCore(nn.Module):
                 if valid is not None:
                     tick = tick & valid
                 inp = h[k - 1] if k == K - 1 else torch.cat([h[k - 1], h[k + 1]], dim=-1)
-                new_h, new_c = cells[k]._cell_step(inp, h[k], c[k])
+                new_h, new_c = cells[k].cell_step(inp, h[k], c[k])
                 h[k], c[k] = _gate(tick, new_h, h[k]), _gate_c(tick, new_c, c[k])
-            new_h, new_c = cells[0]._cell_step(torch.cat([x[:, j], h[1]], dim=-1), h[0], c[0])
+            new_h, new_c = cells[0].cell_step(torch.cat([x[:, j], h[1]], dim=-1), h[0], c[0])
             if valid is None:
                 h[0], c[0] = new_h, new_c
                 outs.append(new_h)

@@ -1,4 +1,4 @@
-"""``lstm`` and ``gru``: a stack of LSTM or GRU layers, each one fused ``torch.nn.LSTM``/``torch.nn.GRU`` call.
+"""``lstm`` and ``gru``: a stack of LSTM or GRU layers that is one ``torch.nn.LSTM``/``torch.nn.GRU`` (one cuDNN call).
 
 Long short-term memory (Hochreiter & Schmidhuber, 1997, "Long Short-Term Memory", Neural Computation 9(8),
 https://doi.org/10.1162/neco.1997.9.8.1735) with the forget gate of Gers, Schmidhuber & Cummins (2000), as every
@@ -15,35 +15,55 @@ Machine Translation", https://arxiv.org/abs/1406.1078, eqs. 5-8)::
     n_t = tanh(W_in x_t + b_in + r_t ⊙ (W_hn h_{t-1} + b_hn))
     h_t = (1 - z_t) ⊙ n_t + z_t ⊙ h_{t-1}
 
-Layer ``l`` feeds its hidden states ``h_t`` to layer ``l + 1`` (dropout in between while training), exactly as
-``torch.nn.LSTM(num_layers=n_layers)``: the model loads that module's state dict (:func:`from_torch_rnn`) and gives
-its outputs. The full sequence runs as one cuDNN-fusable call per layer; ``step`` calls the same module with the
-carried ``(h, c)``.
+Layer ``l`` feeds its hidden states ``h_t`` to layer ``l + 1`` (dropout in between while training). The stack *is*
+``torch.nn.LSTM(num_layers=n_layers)`` (:attr:`RNN.rnn`): its state dict is that module's under ``rnn.``
+(:func:`from_torch_rnn` loads one) and a full sequence or a prefill is one call of it -- on a GPU one multi-layer
+cuDNN call, which overlaps the layers in a wavefront (layer ``l + 1`` at step ``t`` beside layer ``l`` at ``t + 1``)
+where a call per layer could not. A decoding ``step`` of one position goes layer by layer through ATen's fused cells
+(``torch.lstm_cell``/``gru_cell``, the same equations and weights), ~10x cheaper per token on a CPU than a call of
+the module.
+
+:class:`RNNLayer` is the single-layer form other entries use as a sequence mixer (``transformer_like``,
+``deep_res_lstm``, ``multi_timescale_recurrence``): one fused call of its own one-layer module per sequence.
 
 Deviations: the GRU applies the reset gate after the recurrent matmul, ``r ⊙ (W_hn h)``, not before it as Cho et
 al.'s eq. 8 writes ``W (r ⊙ h)`` -- the cuDNN form ``torch.nn.GRU`` implements. The first layer reads ``d_in``
-features directly (no input projection) and there is no final norm, so the stack is a plain ``nn.LSTM``/``nn.GRU``.
-Padding (``attention_mask``) moves every row's valid tokens to the front before the fused call, so they never see a
-pad; pad positions output zeros and, while stepping, leave the state unchanged.
+features directly (no input projection, no input dropout) and there is no final norm, so the stack is a plain
+``nn.LSTM``/``nn.GRU``. Padding (``attention_mask``) moves every row's valid tokens to the front before the fused
+call, so they never see a pad; pad positions output zeros and, while stepping, leave the state unchanged.
 """
 
 from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 import edifice
-from edifice.blocks.backbone import SequenceBackbone
+from edifice.blocks.backbone import SequenceBackbone, SequenceOutput, SequenceState
+from edifice.graphs import is_capturing
 from edifice.outputs import model_output
 from edifice_recurrent.configs.rnn import RNNConfig
 
-__all__ = ["RNN", "RNNLayer", "RNNLayerState", "from_torch_rnn", "map_torch_rnn_state_dict"]
+__all__ = [
+    "RNN",
+    "RNNLayer",
+    "RNNLayerState",
+    "StackedRNNLayer",
+    "from_torch_rnn",
+    "map_torch_rnn_state_dict",
+    "run_rnn",
+    "run_valid_first",
+    "valid_first",
+]
 
 _CELLS: dict[str, type[nn.LSTM] | type[nn.GRU]] = {"lstm": nn.LSTM, "gru": nn.GRU}
+_CellWeights = tuple[Tensor, Tensor, Tensor | None, Tensor | None]
 
 
 @model_output
@@ -61,6 +81,18 @@ def valid_first(mask: Tensor) -> Tensor:
     return torch.sort((~mask).to(torch.int32), dim=1, stable=True).indices
 
 
+def run_valid_first(fn: Callable[[Tensor], Tensor], x: Tensor, mask: Tensor) -> Tensor:
+    """A causal map ``fn: [B, T, ·] -> [B, T, d]`` run on each row's valid tokens moved to the front; pads give 0.
+
+    Trailing pads cannot reach the valid positions through a causal recurrence, so every row is computed as if it
+    were alone and unpadded (left, right or interior padding alike).
+    """
+    order = valid_first(mask).unsqueeze(-1)  # (B, T, 1)
+    y_front = fn(x.gather(1, order.expand(-1, -1, x.shape[-1])))  # (B, T, d)
+    y = torch.zeros_like(y_front).scatter(1, order.expand(-1, -1, y_front.shape[-1]), y_front)
+    return y.masked_fill(~mask.unsqueeze(-1), 0.0)
+
+
 @functools.cache
 def _onednn_rnn_supports(dtype: torch.dtype) -> bool:
     """Whether oneDNN runs LSTM/GRU in ``dtype`` on this CPU (bf16 and fp16 need AVX-512 or AMX instructions)."""
@@ -69,16 +101,102 @@ def _onednn_rnn_supports(dtype: torch.dtype) -> bool:
     return True if supported is None else bool(supported())
 
 
-class RNNLayer(nn.Module):
+def run_rnn(module: nn.LSTM | nn.GRU, x: Tensor, hx: Any = None) -> tuple[Tensor, Any]:
+    """One fused call ``module(x, hx)`` of an ``nn.LSTM``/``nn.GRU`` that also runs under CPU autocast anywhere.
+
+    CPU autocast sends the RNN to oneDNN in bf16/fp16, which raises ("could not create a primitive descriptor") on
+    CPUs without those instructions (AVX2-only machines); there the call runs in fp32.
+    """
+    cpu_autocast = x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+    if cpu_autocast and not _onednn_rnn_supports(torch.get_autocast_dtype("cpu")):
+        dtype = next(module.parameters()).dtype
+        if isinstance(hx, tuple):
+            hx = tuple(t.to(dtype) for t in hx)
+        elif hx is not None:
+            hx = hx.to(dtype)
+        with torch.autocast("cpu", enabled=False):
+            return module(x.to(dtype), hx)  # type: ignore[no-any-return]
+    return module(x, hx)  # type: ignore[no-any-return]
+
+
+class _CellStepper(nn.Module):
+    """Position-by-position decoding through ATen's fused cells, for layer :attr:`index` of :meth:`module`."""
+
+    cell_type: str
+    index: int
+
+    def module(self) -> nn.LSTM | nn.GRU:
+        """The ``nn.LSTM``/``nn.GRU`` that holds this layer's weights."""
+        raise NotImplementedError
+
+    def cell_weights(self) -> _CellWeights:
+        """``(W_ih, W_hh, b_ih, b_hh)`` of this layer (biases None without ``bias``), as ``torch.lstm_cell`` takes."""
+        module, i = self.module(), self.index
+        w_ih, w_hh = getattr(module, f"weight_ih_l{i}"), getattr(module, f"weight_hh_l{i}")
+        if not module.bias:
+            return w_ih, w_hh, None, None
+        return w_ih, w_hh, getattr(module, f"bias_ih_l{i}"), getattr(module, f"bias_hh_l{i}")
+
+    def cell_step(self, x: Tensor, h: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """One position: ``x [B, d_in]``, ``h``/``c`` ``[B, d_model]`` -> the new ``(h, c)`` (``c`` None for a GRU)."""
+        if c is None:
+            return torch.gru_cell(x, h, *self.cell_weights()), None
+        new_h, new_c = torch.lstm_cell(x, (h, c), *self.cell_weights())
+        return new_h, new_c
+
+    def step_positions(self, x: Tensor, state: RNNLayerState, mask: Tensor | None) -> Tensor:
+        """Advance ``state`` (in place) one position at a time over ``x [B, t, d_in]``; pads leave it unchanged."""
+        h, c = state.h[0], None if state.c is None else state.c[0]  # (B, d_model)
+        if torch.is_grad_enabled():  # copies: the state is overwritten in place below, and autograd saved the old one
+            h, c = h.clone(), None if c is None else c.clone()
+        outs = []
+        for t in range(x.shape[1]):
+            new_h, new_c = self.cell_step(x[:, t], h, c)
+            if mask is not None:
+                keep = mask[:, t, None]  # (B, 1)
+                new_h = torch.where(keep, new_h, h)
+                new_c = None if c is None or new_c is None else torch.where(keep, new_c, c)
+                outs.append(new_h.masked_fill(~keep, 0.0))
+            else:
+                outs.append(new_h)
+            h, c = new_h, new_c
+        store_state(state, h[None], None if c is None else c[None])
+        return outs[0][:, None] if len(outs) == 1 else torch.stack(outs, 1)
+
+    def init_state(
+        self,
+        batch_size: int,
+        *,
+        max_len: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> RNNLayerState:
+        """Zero ``(h_0, c_0)``, as ``torch.nn.LSTM`` starts; constant size whatever ``max_len``."""
+        h = torch.zeros((1, batch_size, self.module().hidden_size), device=device, dtype=dtype)
+        return RNNLayerState(h=h, c=torch.zeros_like(h) if self.cell_type == "lstm" else None)
+
+
+def store_state(state: RNNLayerState, h: Tensor, c: Tensor | None) -> None:
+    """Write the new ``h`` (and ``c``) ``[1, B, d_model]`` into ``state`` in place."""
+    state.h.copy_(h)
+    if state.c is not None and c is not None:
+        state.c.copy_(c)
+
+
+class RNNLayer(_CellStepper):
     """One LSTM or GRU layer, ``x [B, T, d_in] -> h [B, T, d_model]``, following the sequence-mixer protocol."""
 
     def __init__(self, cell_type: str, d_in: int, d_model: int, *, bias: bool = True, dropout: float = 0.0) -> None:
         super().__init__()
         if cell_type not in _CELLS:
             raise ValueError(f"RNNLayer: cell_type must be one of {', '.join(_CELLS)}, got {cell_type!r}")
-        self.cell_type = cell_type
+        self.cell_type, self.index = cell_type, 0
         self.cell = _CELLS[cell_type](d_in, d_model, num_layers=1, bias=bias, batch_first=True)
         self.dropout = nn.Dropout(dropout)
+
+    def module(self) -> nn.LSTM | nn.GRU:
+        """The layer's own one-layer ``nn.LSTM``/``nn.GRU``."""
+        return self.cell
 
     def reset_parameters(self) -> None:
         """PyTorch's (and the cuDNN convention's) init: every weight and bias ~ U(-1/√d_model, 1/√d_model)."""
@@ -91,93 +209,59 @@ class RNNLayer(nn.Module):
         if state is not None:
             return self.dropout(self._step(x, state, mask))  # type: ignore[no-any-return]
         if mask is None:
-            y, _ = self.fused(x)  # (B, T, d_model): one fused call
-            return self.dropout(y)  # type: ignore[no-any-return]
-        # Move each row's valid tokens to the front: trailing pads cannot reach them through a causal recurrence.
-        order = valid_first(mask).unsqueeze(-1)  # (B, T, 1)
-        y_front, _ = self.fused(x.gather(1, order.expand_as(x)))  # (B, T, d_model)
-        y = torch.zeros_like(y_front).scatter(1, order.expand_as(y_front), y_front)
-        return self.dropout(y.masked_fill(~mask.unsqueeze(-1), 0.0))  # type: ignore[no-any-return]
+            return self.dropout(self.fused(x)[0])  # type: ignore[no-any-return]
+        return self.dropout(run_valid_first(lambda v: self.fused(v)[0], x, mask))  # type: ignore[no-any-return]
 
     def fused(self, x: Tensor, hx: Any = None) -> tuple[Tensor, Any]:
-        """One fused ``nn.LSTM``/``nn.GRU`` call, ``self.cell(x, hx)``, that also runs under CPU autocast anywhere.
-
-        CPU autocast sends the LSTM to oneDNN in bf16/fp16, which raises ("could not create a primitive
-        descriptor") on CPUs without those instructions (AVX2-only machines); there the call runs in fp32.
-        """
-        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-            low = torch.get_autocast_dtype("cpu")
-            if not _onednn_rnn_supports(low):
-                dtype = next(self.cell.parameters()).dtype
-                if isinstance(hx, tuple):
-                    hx = tuple(t.to(dtype) for t in hx)
-                elif hx is not None:
-                    hx = hx.to(dtype)
-                with torch.autocast("cpu", enabled=False):
-                    return self.cell(x.to(dtype), hx)  # type: ignore[no-any-return]
-        return self.cell(x, hx)  # type: ignore[no-any-return]
+        """One fused call of the layer's module over ``x [B, T, d_in]`` from ``hx`` (:func:`run_rnn`)."""
+        return run_rnn(self.cell, x, hx)
 
     def _step(self, x: Tensor, state: RNNLayerState, mask: Tensor | None) -> Tensor:
         """Advance ``state`` (in place) by the ``t`` positions of ``x [B, t, d_in]``; pads leave it unchanged."""
-        # Copies of the carried state: it is overwritten in place below, while autograd may still need the old one.
-        h, c = state.h.clone(), None if state.c is None else state.c.clone()  # (1, B, d_model)
-        if mask is None and x.shape[1] > 1:  # a prefill: one fused call from the carried state
-            if c is None:
-                y, h = self.fused(x, h)
-            else:
-                y, (h, c) = self.fused(x, (h, c))
-            self._store(state, h, c)
-            return y
-        # Position by position through ATen's fused cell (torch.lstm_cell / gru_cell: nn.LSTM's own equations and
-        # weights). On CPU it costs ~10x less per token than a one-position nn.LSTM call (oneDNN set-up), and pads
-        # need a per-position gate anyway.
-        h, c = h[0], None if c is None else c[0]  # (B, d_model)
-        outs = []
-        for t in range(x.shape[1]):
-            new_h, new_c = self._cell_step(x[:, t], h, c)
-            if mask is not None:
-                keep = mask[:, t, None]  # (B, 1)
-                new_h = torch.where(keep, new_h, h)
-                new_c = None if c is None or new_c is None else torch.where(keep, new_c, c)
-                outs.append(new_h.masked_fill(~keep, 0.0))
-            else:
-                outs.append(new_h)
-            h, c = new_h, new_c
-        self._store(state, h[None], None if c is None else c[None])
-        return torch.stack(outs, 1)
+        if mask is not None or x.shape[1] == 1:
+            return self.step_positions(x, state, mask)  # pads need a per-position gate anyway
+        # A prefill: one fused call from (copies of) the carried state, which is overwritten in place afterwards.
+        if state.c is None:
+            y, h = self.fused(x, state.h.clone())
+            store_state(state, h, None)
+        else:
+            y, (h, c) = self.fused(x, (state.h.clone(), state.c.clone()))
+            store_state(state, h, c)
+        return y
 
-    def _cell_step(self, x: Tensor, h: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """One position: ``x [B, d_in]``, ``h``/``c`` ``[B, d_model]`` -> the new ``(h, c)`` (``c`` None for a GRU)."""
-        cell = self.cell
-        weights = (
-            (cell.weight_ih_l0, cell.weight_hh_l0, cell.bias_ih_l0, cell.bias_hh_l0)
-            if cell.bias
-            else (cell.weight_ih_l0, cell.weight_hh_l0, None, None)
-        )
-        if c is None:
-            return torch.gru_cell(x, h, *weights), None
-        new_h, new_c = torch.lstm_cell(x, (h, c), *weights)
-        return new_h, new_c
 
-    @staticmethod
-    def _store(state: RNNLayerState, h: Tensor, c: Tensor | None) -> None:
-        """Write the new ``h`` (and ``c``) ``[1, B, d_model]`` into ``state`` in place."""
-        state.h.copy_(h)
-        if state.c is not None and c is not None:
-            state.c.copy_(c)
+class StackedRNNLayer(_CellStepper):
+    """Layer ``index`` of an :class:`RNN`'s stack, for decoding; it holds no parameters (the stack's module does).
 
-    def init_state(
-        self,
-        batch_size: int,
-        *,
-        max_len: int | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> RNNLayerState:
-        """Zero ``(h_0, c_0)``, as ``torch.nn.LSTM`` starts; constant size whatever ``max_len``."""
-        shape = (1, batch_size, self.cell.hidden_size)
-        h = torch.zeros(shape, device=device, dtype=dtype)
-        return RNNLayerState(h=h, c=torch.zeros_like(h) if self.cell_type == "lstm" else None)
+    The stack's own ``forward`` and prefills run every layer in one call of the module; this layer steps one position
+    at a time (and, called alone without a state, runs from a zero state position by position).
+    """
+
+    def __init__(self, stack: nn.LSTM | nn.GRU, index: int) -> None:
+        super().__init__()
+        # A tuple keeps the module out of this layer's children: its weights are the stack's, counted once.
+        self._stack = (stack,)
+        self.cell_type = "lstm" if isinstance(stack, nn.LSTM) else "gru"
+        self.index = index
+
+    def module(self) -> nn.LSTM | nn.GRU:
+        """The stack's ``nn.LSTM``/``nn.GRU``."""
+        return self._stack[0]
+
+    def forward(
+        self, x: Tensor, *, mask: Tensor | None = None, positions: Tensor | None = None, state: Any = None
+    ) -> Tensor:
+        """``x [B, T, d_in]`` -> ``[B, T, d_model]``, one position at a time from ``state`` (zeros when None)."""
+        if state is None:
+            state = self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
+        y = self.step_positions(x, state, mask)
+        stack = self.module()
+        if self.training and stack.dropout and self.index < stack.num_layers - 1:  # nn.LSTM's: all layers but the last
+            y = nn.functional.dropout(y, stack.dropout, training=True)
+        return y
+
+    def extra_repr(self) -> str:
+        return f"{self.cell_type}, layer={self.index}"
 
 
 class RNN(SequenceBackbone):
@@ -185,38 +269,83 @@ class RNN(SequenceBackbone):
 
     config_class: ClassVar[type[edifice.ArchConfig]] = RNNConfig
     config: RNNConfig
+    rnn: nn.LSTM | nn.GRU
+    """The whole stack, ``torch.nn.LSTM``/``nn.GRU(num_layers=n_layers, batch_first=True)``."""
 
     def __init__(self, config: RNNConfig) -> None:
         super().__init__(config)
         if config.vocab_size is None:
             self.input_proj = nn.Identity()  # the first layer reads d_in features itself, as nn.LSTM(input_size) does
+            self.embed_dropout = nn.Identity()  # and nn.LSTM drops nothing from its input
         self.reset_parameters()
 
     def build_layer(self, index: int) -> nn.Module:
-        """Layer ``index``: the first reads the input features, the others the previous layer's ``h``."""
+        """Layer ``index`` of the stack, which layer 0 creates: the first reads the input features, the others ``h``."""
         c = self.config
-        d_in = c.d_in if index == 0 and c.vocab_size is None and c.d_in is not None else c.d_model
-        dropout = c.dropout if index < c.n_layers - 1 else 0.0  # nn.LSTM: dropout on every layer's output but the last
-        return RNNLayer(c.cell_type, d_in, c.d_model, bias=c.bias, dropout=dropout)
+        if index == 0:
+            d_in = c.d_in if c.vocab_size is None and c.d_in is not None else c.d_model
+            dropout = c.dropout if c.n_layers > 1 else 0.0  # nn.LSTM: dropout on every layer's output but the last
+            self.rnn = _CELLS[c.cell_type](
+                d_in, c.d_model, num_layers=c.n_layers, bias=c.bias, dropout=dropout, batch_first=True
+            )
+        return StackedRNNLayer(self.rnn, index)
 
     def build_norm(self) -> nn.Module:
         """No final norm: the stack's output is the last layer's ``h``, as ``nn.LSTM``'s."""
         return nn.Identity()
+
+    def forward(
+        self, x: Tensor | None = None, input_ids: Tensor | None = None, attention_mask: Tensor | None = None
+    ) -> Tensor | SequenceOutput:
+        """Run the stack on ``x [B, T, d_in]`` or ``input_ids [B, T]`` in one fused call; pads output zeros."""
+        self.check_inputs(x=x, input_ids=input_ids, attention_mask=attention_mask)
+        inputs = input_ids if self.embed_tokens is not None else x
+        assert inputs is not None
+        h = self.embed_dropout(self.embed_inputs(inputs))
+        if attention_mask is None:
+            y = self._run_stack(h)
+        else:
+            y = run_valid_first(self._run_stack, h, attention_mask)
+        return self._output(self.pool(self.norm(y), attention_mask), None)
+
+    def _run_stack(self, h: Tensor) -> Tensor:
+        """Every layer over ``h [B, T, d]`` from zero state in one call (recomputed in backward when checkpointing)."""
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(lambda v: run_rnn(self.rnn, v)[0], h, use_reentrant=False)
+        return run_rnn(self.rnn, h)[0]
+
+    def step(
+        self, x: Tensor, state: SequenceState, *, attention_mask: Tensor | None = None
+    ) -> tuple[Tensor | SequenceOutput, SequenceState]:
+        """Advance by ``t >= 1`` positions; an unpadded prefill (``t > 1``) is one fused call of the whole stack."""
+        if attention_mask is not None or x.shape[1] == 1:
+            return super().step(x, state, attention_mask=attention_mask)  # layer by layer through the fused cells
+        if not is_capturing():  # validation reads values back to the host, which a CUDA graph capture forbids
+            self.check_inputs(**{self.primary_input: x})
+        state.position.add_(x.shape[1])
+        layers: list[RNNLayerState] = state.layers
+        inputs = self.embed_dropout(self.embed_inputs(x))
+        h0 = torch.cat([s.h for s in layers])  # (n_layers, B, d_model): new tensors, so the in-place update is safe
+        c_n: Tensor | None = None
+        if self.config.cell_type == "gru":
+            y, h_n = run_rnn(self.rnn, inputs, h0)
+        else:
+            c0 = torch.cat([s.c for s in layers if s.c is not None])
+            y, (h_n, c_n) = run_rnn(self.rnn, inputs, (h0, c0))
+        for i, layer_state in enumerate(layers):
+            store_state(layer_state, h_n[i : i + 1], None if c_n is None else c_n[i : i + 1])
+        return self._output(self.norm(y), None), state
 
 
 _TORCH_KEY = re.compile(r"(weight|bias)_(ih|hh)_l(\d+)")
 
 
 def map_torch_rnn_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Rename a ``torch.nn.LSTM``/``nn.GRU`` state dict (``weight_ih_l1``) to :class:`RNN` keys (``layers.1...``)."""
-    out = {}
-    for key, value in state_dict.items():
-        match = _TORCH_KEY.fullmatch(key)
-        if match is None:
+    """Rename an ``nn.LSTM``/``nn.GRU`` state dict to :class:`RNN` keys: ``weight_ih_l1`` -> ``rnn.weight_ih_l1``."""
+    for key in state_dict:
+        if _TORCH_KEY.fullmatch(key) is None:
             raise ValueError(f"map_torch_rnn_state_dict: unexpected key {key!r} (expected e.g. 'weight_ih_l0')")
-        kind, which, layer = match.groups()
-        out[f"layers.{layer}.cell.{kind}_{which}_l0"] = value
-    return out
+    return {f"rnn.{key}": value for key, value in state_dict.items()}
 
 
 def from_torch_rnn(source: nn.LSTM | nn.GRU, **overrides: Any) -> RNN:

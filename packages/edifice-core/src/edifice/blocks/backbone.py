@@ -81,7 +81,7 @@ class SequenceBackbone(Model):
         self.input_proj: nn.Module | None = None
         if config.vocab_size is None:
             self.input_proj = nn.Linear(config.d_in, d_model) if config.d_in is not None else nn.Identity()
-        self.embed_dropout = nn.Dropout(config.dropout)
+        self.embed_dropout: nn.Module = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList([self.build_layer(i) for i in range(config.n_layers)])
         self.norm = self.build_norm()
         self.lm_head = nn.Linear(d_model, config.vocab_size, bias=False) if config.vocab_size is not None else None
