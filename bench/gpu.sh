@@ -48,6 +48,7 @@ PY
             python3 bench/ssm_speed.py gpu --out "$out"
             python3 bench/ssm_speed.py gpu --dtype bfloat16 --out "$out"
             python3 bench/recurrent_latency.py --device cuda --out "$out"
+            python3 bench/recurrent_latency.py --device cuda --dtype float16 --out "$out"
         } 2>&1 | tee "$out/bench.log" || status=$?
         pack
     fi
