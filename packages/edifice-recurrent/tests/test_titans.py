@@ -1,11 +1,12 @@
-"""titans (MAG): the layer against an fp64 oracle of the paper's equations, the surprise step, decoding, padding.
+"""titans (MAG, MAL): the layer against an fp64 oracle of the paper's equations, the surprise step, decoding, padding.
 
 The oracle recomputes a MAG layer from its weights with independent code (Behrouz et al. 2025): x̃ = [p ‖ x] (eq. 19);
 the memory's q, k, v as matrix products, padded ``F.conv1d``, SiLU and ℓ2 norm (§4.4); then the long-term memory one
 token at a time, ``S_t = η_t S_{t-1} - θ_t ∇ℓ``, ``M_t = (1 - α_t) M_{t-1} + S_t`` with ``ℓ = ‖M(k_t) - v_t‖²`` and
 every gradient from ``torch.autograd.grad`` at the memory of the chunk's start (eqs. 8-14, §3.2); the read-out
 ``M_t(q_t)`` (eq. 15); the sliding-window attention as an explicit softmax over the persistent keys and the last
-``window`` rotated keys; and MAG's gate ``RMSNorm(y) ⊙ σ(RMSNorm(M(x̃)))`` (§4.2).
+``window`` rotated keys; and MAG's gate ``RMSNorm(y) ⊙ σ(RMSNorm(M(x̃)))`` (§4.2), or MAL's attention over the
+normalised read-outs ``RMSNorm(M(x̃))`` (§4.3).
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ import edifice
 from edifice import ops
 from edifice.ops.memory_gd import memory_apply, memory_loss
 from edifice.outputs import tensor_leaves
-from edifice.testing import mutate_op, signature
+from edifice.testing import CHECKS, check_architecture, mutate_op, signature
 from edifice.testing.tol import SCAN, assert_close
-from edifice_recurrent.titans import Titans, TitansMAG
+from edifice_recurrent.titans import Titans, TitansMixer
 
 torch.testing.assert_close(torch.zeros(1), torch.zeros(1))  # pay assert_close's one-off import at collection
 
@@ -44,11 +45,11 @@ def randn(*shape: int, seed: int, dtype: torch.dtype = torch.float32) -> torch.T
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
-def perturbed_layer(seed: int, **options: Any) -> TitansMAG:
+def perturbed_layer(seed: int, **options: Any) -> TitansMixer:
     """A MAG layer in fp64 whose every parameter was moved off its initial value."""
     torch.manual_seed(seed)
     kwargs = {"memory_hidden": 12, "mini_batch_size": 4, "n_persistent": 2, "window_size": 5, **options}
-    layer = TitansMAG(16, 2, 8, **kwargs).double()
+    layer = TitansMixer(16, 2, 8, **kwargs).double()
     with torch.no_grad():
         for p in layer.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -87,7 +88,7 @@ def rms(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return x / torch.sqrt(x.square().mean(-1, keepdim=True) + 1e-6) * weight
 
 
-def oracle(layer: TitansMAG, x: torch.Tensor) -> torch.Tensor:
+def oracle(layer: TitansMixer, x: torch.Tensor) -> torch.Tensor:
     """The MAG layer's output on ``x [B, T, d]`` from the paper's equations, in fp64."""
     B, T, _ = x.shape
     H, D = layer.n_heads, layer.head_dim
@@ -124,9 +125,11 @@ def oracle(layer: TitansMAG, x: torch.Tensor) -> torch.Tensor:
                     S = [-theta[b, t, h] * gr for gr in grads]
                 M = [(1 - alpha[b, t, h]) * m + s for m, s in zip(M, S, strict=True)]  # eq. 13
                 y_mem[b, t, h] = memory_model(M, q[b, t, h], ln)  # eq. 15
-    y_mem = y_mem[:, n_p:].reshape(B, T, H * D)
-    # Sliding-window attention over x̃: persistent keys always visible, x keys rotated and windowed.
-    aq, ak, av = (t.reshape(B, n, H, D) for t in (xt @ layer.attn_qkv.weight.T).chunk(3, -1))
+    read = y_mem.reshape(B, n, H * D)
+    # Sliding-window attention over x̃ (MAG) or over MAL's RMSNorm(M(x̃)): prefix keys always visible, the others
+    # rotated and windowed.
+    attn_in = xt if layer.variant == "mag" else rms(read, layer.mem_norm.weight)
+    aq, ak, av = (t.reshape(B, n, H, D) for t in (attn_in @ layer.attn_qkv.weight.T).chunk(3, -1))
     pk, pv = ak[:, :n_p], av[:, :n_p]
     aq, ak, av = aq[:, n_p:], ak[:, n_p:], av[:, n_p:]
     if layer.rope is not None:
@@ -140,7 +143,10 @@ def oracle(layer: TitansMAG, x: torch.Tensor) -> torch.Tensor:
         scores = torch.einsum("bhd,blhd->bhl", aq[:, t], keys) / D**0.5
         y_attn[:, t] = torch.einsum("bhl,blhd->bhd", scores.softmax(-1), values)
     y_attn = y_attn.reshape(B, T, H * D)
-    gated = rms(y_attn, layer.attn_norm.weight) * torch.sigmoid(rms(y_mem, layer.mem_norm.weight))  # MAG, §4.2
+    if layer.variant == "mal":
+        return y_attn @ layer.o_proj.weight.T  # MAL, §4.3: o = SW-Attn(M(x̃))
+    assert layer.attn_norm is not None
+    gated = rms(y_attn, layer.attn_norm.weight) * torch.sigmoid(rms(read[:, n_p:], layer.mem_norm.weight))  # MAG
     return gated @ layer.o_proj.weight.T
 
 
@@ -157,19 +163,30 @@ def check_layer(**options: Any) -> None:
     torch.testing.assert_close(torch.cat(pieces, 1), want, **FP64)  # the recurrent form
 
 
+BARE = {"memory_norm": False, "rope": False, "n_persistent": 0}
+
+
 @signature("titans")
 @pytest.mark.parametrize(
     "options",
-    [{}, {"memory_depth": 1, "momentum": False}, {"memory_norm": False, "rope": False, "n_persistent": 0}],
-    ids=["mlp-momentum", "linear-no-momentum", "bare-mlp"],
+    [
+        {},
+        {"memory_depth": 1, "momentum": False},
+        BARE,
+        {"variant": "mal"},
+        {"variant": "mal", "memory_depth": 1, "momentum": False},
+        {"variant": "mal", **BARE},
+    ],
+    ids=["mag-mlp-momentum", "mag-linear-no-momentum", "mag-bare-mlp", "mal-mlp-momentum", "mal-linear", "mal-bare"],
 )
-def test_mag_layer_matches_the_papers_equations(options: dict[str, Any]) -> None:
+def test_layer_matches_the_papers_equations(options: dict[str, Any]) -> None:
     check_layer(**options)
 
 
-def test_mutating_the_op_breaks_the_signature_test() -> None:
+@pytest.mark.parametrize("variant", ["mag", "mal"])
+def test_mutating_the_op_breaks_the_signature_test(variant: str) -> None:
     with mutate_op("memory_gd"), pytest.raises(AssertionError):
-        check_layer()
+        check_layer(variant=variant)
 
 
 def test_the_surprise_step_lowers_the_associative_loss_of_its_chunk() -> None:
@@ -198,8 +215,9 @@ def build(seed: int = 0, **overrides: Any) -> Titans:
     return model
 
 
-def test_step_reproduces_forward_with_a_constant_state() -> None:
-    model = build(4).eval()
+@pytest.mark.parametrize("variant", ["mag", "mal"])
+def test_step_reproduces_forward_with_a_constant_state(variant: str) -> None:
+    model = build(4, variant=variant).eval()
     x = randn(2, 13, 6, seed=5)
     with torch.no_grad():
         want = model(x=x)
@@ -215,8 +233,9 @@ def test_step_reproduces_forward_with_a_constant_state() -> None:
     assert len(memory.momentum) == len(memory.anchor) == 2 and memory.count.tolist() == [15, 15]  # 2 persistent + 13
 
 
-def test_padding_left_right_and_padded_prefill() -> None:
-    model = build(6).eval()
+@pytest.mark.parametrize("variant", ["mag", "mal"])
+def test_padding_left_right_and_padded_prefill(variant: str) -> None:
+    model = build(6, variant=variant).eval()
     x = randn(2, 10, 6, seed=7)
     left = torch.tensor([[False] * 3 + [True] * 7, [True] * 10])
     right = torch.tensor([[True] * 10, [True] * 6 + [False] * 4])
@@ -233,7 +252,7 @@ def test_padding_left_right_and_padded_prefill() -> None:
 def test_initialisation() -> None:
     model = edifice.build("titans", d_model=64, n_layers=1, n_heads=2, d_ff=0)
     layer = model.layers[0].mixer
-    assert isinstance(layer, TitansMAG)
+    assert isinstance(layer, TitansMixer)
     for w in (layer.persistent, layer.mem_qkv.weight, layer.attn_qkv.weight, layer.o_proj.weight):
         assert abs(w.std().item() - 0.02) < 0.003
     # The memory is fan-in scaled, N(0, 1/D_in): its keys have unit norm.
@@ -249,10 +268,19 @@ def test_config_errors_and_option_names() -> None:
     assert (config.mini_batch_size, config.n_persistent, config.memory_hidden, config.d_model) == (8, 3, 20, 32)
     with pytest.raises(edifice.ConfigError, match="memory_depth"):
         edifice.config("titans", memory_depth=3)
+    with pytest.raises(edifice.ConfigError, match="variant"):
+        edifice.config("titans", variant="mac")
     with pytest.raises(edifice.ConfigError, match="window_size"):
         edifice.config("titans", window_size=0)
     with pytest.raises(edifice.ConfigError, match="n_heads"):
         edifice.config("titans", d_model=30, n_heads=4)
-    layer = TitansMAG(8, 2, 4, n_persistent=1, window_size=2)
+    layer = TitansMixer(8, 2, 4, n_persistent=1, window_size=2)
     with pytest.raises(ValueError, match="positions"):
         layer(torch.zeros(1, 1, 8), state=layer.init_state(1))
+
+
+def test_mal_passes_the_contract() -> None:
+    # The registry's contract runs the tiny MAG config; MAL meets it too (compile aside: the same inner loop).
+    checks = [c for c in CHECKS if c not in ("bf16_and_compile", "stochastic")]
+    results = check_architecture("titans", checks, overrides={"variant": "mal"})
+    assert {r.status for r in results.values()} <= {"passed", "skipped"}

@@ -1,4 +1,4 @@
-"""Titans (MAG): a neural long-term memory that learns to memorise at test time, gating sliding-window attention.
+"""Titans (MAG, MAL): a neural long-term memory that learns to memorise at test time, beside sliding-window attention.
 
 Behrouz, Zhong & Mirrokni (2025), "Titans: Learning to Memorize at Test Time", https://arxiv.org/abs/2501.00663.
 The long-term memory ``M`` is a network (an MLP with ``L_M = memory_depth`` layers, one per head) whose weights are
@@ -18,21 +18,29 @@ the whole chunk is a few matrix products -- :func:`edifice.ops.memory_gd` (its d
 materialised). ``step`` runs the same recurrence token by token from a constant-size state (the memory's weights at
 the chunk start and now, the momentum), and reproduces ``forward``.
 
-Architecture, MAG ("memory as a gate", §4.2) with persistent memory (§3.3, eq. 19)::
+Architecture (``variant``), with persistent memory (§3.3, eq. 19) ``x̃ = [p_1 … p_{N_p}] ‖ x`` (learnable tokens):
 
-    x̃ = [p_1 … p_{N_p}] ‖ x                                               learnable persistent tokens
-    y = SW-Attn*(x̃)                                                       sliding-window attention; the persistent
+* MAG, "memory as a gate" (§4.2), the default: the two branches side by side on ``x̃``::
+
+      y = SW-Attn*(x̃)                                                     sliding-window attention; the persistent
                                                                             tokens stay visible to every query
-    o = W_O (RMSNorm(y) ⊙ σ(RMSNorm(M(x̃))))                              the memory gates the attention (§4.2)
+      o = W_O (RMSNorm(y) ⊙ σ(RMSNorm(M(x̃))))                            the memory gates the attention
+
+* MAL, "memory as a layer" (§4.3): the attention reads the memory's output::
+
+      y = M(x̃)                                                            the memory over x̃
+      o = W_O SW-Attn*(RMSNorm(y))                                         the persistent positions' read-outs
+                                                                            M(p) stay visible to every query
 
 following §4.4's details: the memory's q, k, v pass a depthwise causal convolution and SiLU, q and k are
 ℓ2-normalised, and the memory is ``x + LN(MLP(x))`` (``memory_norm``; residual and LayerNorm as TTT's inner model and
-MIRAS' deep memories). Each block is pre-norm residual: ``x + MAG(RMSNorm(x))``, ``x + SwiGLU(RMSNorm(x))``.
+MIRAS' deep memories). Each block is pre-norm residual: ``x + Mixer(RMSNorm(x))``, ``x + SwiGLU(RMSNorm(x))``.
 
-Why MAG: of the paper's three variants, MAC (memory as context) segments the sequence and attends over a
+Why MAG and MAL: of the paper's three variants, MAC (memory as context) segments the sequence and attends over a
 retrieved-memory prefix per segment, so one new token changes a whole segment's attention; MAG and MAL are causal
-token by token. MAG keeps the two branches side by side (the memory never feeds the attention), so its state is the
-memory plus a constant-size sliding-window cache, and the gate exposes the memory's output directly.
+token by token, and their state is the memory plus a constant-size sliding-window cache (MAL's also holds the
+normalised read-outs of the persistent tokens, which do not depend on the input). MAG is the default: its gate
+exposes the memory's output directly.
 
 Padding: valid tokens are moved to the front of each sequence before the layer (and back after), so chunks and
 positions start at the first valid token as without padding; ``step`` skips padded tokens.
@@ -42,7 +50,8 @@ Initialisation (the paper gives none): linear weights ``N(0, 0.02²)``; the memo
 amplifies every step); persistent tokens ``N(0, 0.02²)``; the gate biases start at ``θ: σ(0)``, ``η: σ(0) = 0.5`` and
 ``α: σ(-4) ≈ 0.018`` (slow forgetting).
 
-Deviations: the gates are per-head scalars (the paper allows channel-wise ones); MAC and MAL are not built.
+Deviations: the gates are per-head scalars (the paper allows channel-wise ones); MAL's RMSNorm before the attention
+is this implementation's pre-norm (the paper writes ``SW-Attn(M(x̃))``); MAC is not built.
 """
 
 from __future__ import annotations
@@ -70,7 +79,10 @@ from edifice_recurrent._test_time import (
 )
 from edifice_recurrent.configs.titans import TitansConfig
 
-__all__ = ["Titans", "TitansMAG", "TitansState"]
+__all__ = ["VARIANTS", "Titans", "TitansMixer", "TitansState"]
+
+#: How the memory meets the attention: "mag" (memory as a gate, §4.2) or "mal" (memory as a layer, §4.3).
+VARIANTS = ("mag", "mal")
 
 #: Initial bias of the forgetting gate: α = σ(-4) ≈ 0.018.
 FORGET_BIAS = -4.0
@@ -78,7 +90,7 @@ FORGET_BIAS = -4.0
 
 @model_output
 class TitansState:
-    """Decoding state of a :class:`TitansMAG` layer: constant size, updated in place by each step."""
+    """Decoding state of a :class:`TitansMixer` layer: constant size, updated in place by each step."""
 
     conv: Tensor
     """The memory's q, k, v convolution history ``[B, 3·H·D, conv_size - 1]``."""
@@ -86,10 +98,12 @@ class TitansState:
     """The long-term memory: weights at the chunk start and now, the momentum (surprise), tokens seen."""
     attention: SlidingWindowKVCache
     """The last ``window_size`` keys and values of the attention branch (persistent tokens are not cached)."""
+    prefix: Tensor | None = None
+    """MAL: the persistent tokens' normalised memory read-outs ``[B, N_p, H·D]``, the attention's fixed prefix."""
 
 
-class TitansMAG(nn.Module):
-    """The Titans MAG token mixer ``[B, T, d_model] -> [B, T, d_model]`` (module doc), with ``init_state``."""
+class TitansMixer(nn.Module):
+    """The Titans MAG or MAL token mixer ``[B, T, d_model] -> [B, T, d_model]`` (module doc), with ``init_state``."""
 
     def __init__(
         self,
@@ -97,6 +111,7 @@ class TitansMAG(nn.Module):
         n_heads: int,
         head_dim: int,
         *,
+        variant: str = "mag",
         memory_depth: int = 2,
         memory_hidden: int | None = None,
         memory_norm: bool = True,
@@ -112,8 +127,10 @@ class TitansMAG(nn.Module):
         init_std: float = 0.02,
     ) -> None:
         super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"TitansMixer: variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
         width = n_heads * head_dim
-        self.n_heads, self.head_dim, self.width = n_heads, head_dim, width
+        self.variant, self.n_heads, self.head_dim, self.width = variant, n_heads, head_dim, width
         self.momentum, self.memory_lr, self.window_size, self.init_std = momentum, memory_lr, window_size, init_std
         self.persistent = nn.Parameter(torch.empty(n_persistent, d_model))  # p_1 … p_{N_p}
         # Long-term memory branch: q, k, v with convolution and SiLU (§4.4), gates θ, α, η per head.
@@ -137,10 +154,10 @@ class TitansMAG(nn.Module):
             loss="l2",
         )
         self.mem_norm = get_norm("rmsnorm", width, eps=norm_eps)
-        # Sliding-window attention branch.
-        self.attn_qkv = nn.Linear(d_model, 3 * width, bias=False)
+        # Sliding-window attention branch: on x̃ (MAG) or on the memory's normalised read-out (MAL).
+        self.attn_qkv = nn.Linear(d_model if variant == "mag" else width, 3 * width, bias=False)
         self.rope = RotaryEmbedding(head_dim, base=rope_theta) if rope else None
-        self.attn_norm = get_norm("rmsnorm", width, eps=norm_eps)
+        self.attn_norm = get_norm("rmsnorm", width, eps=norm_eps) if variant == "mag" else None
         self.o_proj = nn.Linear(width, d_model, bias=False)
         self.reset_parameters()
 
@@ -187,15 +204,18 @@ class TitansMAG(nn.Module):
         return out
 
     # -- the sliding-window attention branch --------------------------------------------------------------------
-    def _attention(self, x: Tensor, positions: Tensor, state: TitansState | None, valid: Tensor | None) -> Tensor:
-        """SW-Attn* over ``x̃ = [persistent ‖ x]``: ``x [B, T, d]`` at ``positions [B, T]`` -> ``[B, T, H·D]``.
+    def _attention(
+        self, x: Tensor, prefix: Tensor, positions: Tensor, state: TitansState | None, valid: Tensor | None
+    ) -> Tensor:
+        """SW-Attn* over ``[prefix ‖ x]``: ``x [B, T, d]`` at ``positions [B, T]`` -> ``[B, T, H·D]``.
 
-        The persistent tokens' keys and values are not rotated (they have no position) and every query sees them.
+        ``prefix [B, N_p, d]`` is the persistent tokens (MAG) or their memory read-outs (MAL): its keys and values
+        are not rotated (they have no position) and every query sees them.
         """
         B, T, _ = x.shape
         H, D = self.n_heads, self.head_dim
-        n_p = self.persistent.shape[0]
-        prefixed = torch.cat([self.persistent.to(x.dtype).expand(B, -1, -1), x], 1)  # (B, N_p + T, d)
+        n_p = prefix.shape[1]
+        prefixed = torch.cat([prefix, x], 1)  # (B, N_p + T, d)
         q, k, v = (t.view(B, n_p + T, H, D).transpose(1, 2) for t in self.attn_qkv(prefixed).chunk(3, -1))
         pk, pv, q, k, v = k[:, :, :n_p], v[:, :, :n_p], q[:, :, n_p:], k[:, :, n_p:], v[:, :, n_p:]
         if self.rope is not None:
@@ -225,6 +245,7 @@ class TitansMAG(nn.Module):
         """The state after the persistent tokens: the memory has read them; the attention cache is empty."""
         device = self.o_proj.weight.device if device is None else device
         dtype = self.o_proj.weight.dtype if dtype is None else dtype
+        n_p = self.persistent.shape[0]
         state = TitansState(
             conv=self.mem_convs.init_state(batch_size, device=device, dtype=dtype),
             memory=self.memory.init_state(batch_size, device=device),
@@ -232,9 +253,10 @@ class TitansMAG(nn.Module):
                 batch_size, self.n_heads, self.head_dim, self.window_size, device=device, dtype=dtype
             ),
         )
-        if self.persistent.shape[0]:
-            prefix = self.persistent.to(device=device, dtype=dtype).expand(batch_size, -1, -1)
-            self._memory(prefix, state, None)  # x̃ = [p ‖ x]: the memory reads the persistent tokens first
+        prefix = self.persistent.to(device=device, dtype=dtype).expand(batch_size, -1, -1)
+        read = self._memory(prefix, state, None) if n_p else prefix.new_zeros(batch_size, 0, self.width)
+        if self.variant == "mal":  # x̃ = [p ‖ x]: the memory reads the persistent tokens first
+            state.prefix = self.mem_norm(read)
         return state
 
     def forward(
@@ -247,41 +269,50 @@ class TitansMAG(nn.Module):
     ) -> Tensor:
         """``x [B, T, d_model]`` -> ``[B, T, d_model]``; ``mask [B, T]`` marks valid tokens; ``state`` is updated."""
         B, T, _ = x.shape
+        n_p = self.persistent.shape[0]
+        persistent = self.persistent.to(x.dtype).expand(B, -1, -1)
+        order, read_prefix = None, None
         if state is None:
-            xs, order = compact(x, mask)  # valid tokens first, so chunks and positions start at the first token
+            x, order = compact(x, mask)  # valid tokens first, so chunks and positions start at the first token
             valid = None if mask is None or order is None else torch.gather(mask, 1, order)
-            n_p = self.persistent.shape[0]
-            prefixed = torch.cat([self.persistent.to(x.dtype).expand(B, -1, -1), xs], 1)  # x̃ = [p ‖ x]
             prefix_valid = None if valid is None else F.pad(valid, (n_p, 0), value=True)
-            y_mem = self._memory(prefixed, None, prefix_valid)[:, n_p:]
-            y_attn = self._attention(xs, torch.arange(T, device=x.device).expand(B, T), None, None)
+            read = self._memory(torch.cat([persistent, x], 1), None, prefix_valid)  # M(x̃), x̃ = [p ‖ x]
+            read_prefix, y_mem = read[:, :n_p], read[:, n_p:]
+            positions, mask = torch.arange(T, device=x.device).expand(B, T), None  # compacted: causality hides pads
         else:
             if positions is None:
-                raise ValueError("TitansMAG: positions [B, t] are required with a state (the absolute index of x)")
-            xs, order = x, None
+                raise ValueError("TitansMixer: positions [B, t] are required with a state (the absolute index of x)")
             positions = positions.expand(B, T)
             y_mem = self._memory(x, state, mask)
-            y_attn = self._attention(x, positions, state, mask)
-        out: Tensor = self.o_proj(self.attn_norm(y_attn) * torch.sigmoid(self.mem_norm(y_mem)))  # MAG's gate
+        if self.attn_norm is not None:  # MAG: the memory gates the attention over x̃
+            y_attn = self._attention(x, persistent, positions, state, mask)
+            out: Tensor = self.o_proj(self.attn_norm(y_attn) * torch.sigmoid(self.mem_norm(y_mem)))
+        else:  # MAL: the attention reads the memory's read-out, M(p) as its persistent prefix
+            prefix = state.prefix if state is not None else self.mem_norm(read_prefix)
+            if prefix is None:
+                raise ValueError("TitansMixer: a MAL state needs its prefix (build the state with init_state)")
+            out = self.o_proj(self._attention(self.mem_norm(y_mem), prefix, positions, state, mask))
         return restore(out, order)
 
     def extra_repr(self) -> str:
-        return f"heads={self.n_heads}x{self.head_dim}, window={self.window_size}, persistent={self.persistent.shape[0]}"
+        n_p = self.persistent.shape[0]
+        return f"{self.variant}, heads={self.n_heads}x{self.head_dim}, window={self.window_size}, persistent={n_p}"
 
 
 class Titans(FastWeightBackbone):
-    """Titans MAG: ``n_layers`` blocks ``x + MAG(RMSNorm(x))``, ``x + SwiGLU(RMSNorm(x))``, a final RMSNorm."""
+    """Titans: ``n_layers`` blocks ``x + MAG(RMSNorm(x))`` (or MAL), ``x + SwiGLU(RMSNorm(x))``, a final RMSNorm."""
 
     config_class: ClassVar[type[ArchConfig]] = TitansConfig
     config: TitansConfig
 
     def build_mixer(self, index: int) -> nn.Module:
-        """The :class:`TitansMAG` of every layer."""
+        """The :class:`TitansMixer` of every layer."""
         c = self.config
-        return TitansMAG(
+        return TitansMixer(
             c.d_model,
             c.n_heads,
             c.head_size,
+            variant=c.variant,
             memory_depth=c.memory_depth,
             memory_hidden=c.memory_hidden,
             memory_norm=c.memory_norm,

@@ -1,6 +1,7 @@
-"""Config and spec of ``titans``: a neural long-term memory learned at test time, as a gate on sliding-window attention.
+"""Config and spec of ``titans``: a neural long-term memory learned at test time, beside sliding-window attention.
 
-The model is :mod:`edifice_recurrent.titans` (Titans MAG, "memory as a gate"; torch-free module).
+The model is :mod:`edifice_recurrent.titans` (Titans MAG, "memory as a gate", or MAL, "memory as a layer"; torch-free
+module).
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from edifice import ArchSpec, Paper, field
 from edifice.sequence import SequenceConfig, sequence_inputs, sequence_outputs
@@ -18,9 +19,12 @@ __all__ = ["SPECS", "TitansConfig"]
 
 @dataclasses.dataclass(kw_only=True)
 class TitansConfig(SequenceConfig):
-    """Titans MAG (Behrouz et al. 2025): sliding-window attention gated by a deep memory trained by surprise."""
+    """Titans (Behrouz et al. 2025): sliding-window attention beside a deep memory trained by surprise (MAG or MAL)."""
 
     arch: str = field("titans", "Registry name of the architecture this config builds.")
+    variant: Literal["mag", "mal"] = field(
+        "mag", "How the memory meets the attention: 'mag' (as a gate, §4.2) or 'mal' (as a layer, §4.3)."
+    )
     n_heads: int = field(4, "Heads of the attention and of the memory (one memory per head).")
     head_dim: int | None = field(None, "Features per head; None means d_model // n_heads.")
     memory_depth: int = field(2, "Layers L_M of the memory MLP: 1 is a linear memory, 2 a two-layer MLP.")
@@ -50,6 +54,7 @@ class TitansConfig(SequenceConfig):
     def validate(self) -> None:
         """Check sizes are positive and heads divide the width."""
         super().validate()
+        self.check_choice("variant", ("mag", "mal"))
         self.check_choice("memory_depth", (1, 2))
         self.check_positive("n_heads", "head_dim", "memory_size", "memory_lr", "mini_batch_size", "window_size")
         self.check_positive("conv_size", "rope_theta", "norm_eps", "init_std")
@@ -84,8 +89,9 @@ SPECS = (
         name="titans",
         family="recurrent",
         distribution="edifice-recurrent",
-        summary="Titans (MAG): a deep neural memory updated at test time by surprise (the gradient of an "
-        "associative loss, with momentum and forgetting) gates sliding-window attention with persistent tokens.",
+        summary="Titans (MAG, MAL): a deep neural memory updated at test time by surprise (the gradient of an "
+        "associative loss, with momentum and forgetting) gates, or feeds, sliding-window attention with persistent "
+        "tokens.",
         paper=BEHROUZ,
         config="edifice_recurrent.configs.titans:TitansConfig",
         model="edifice_recurrent.titans:Titans",
@@ -104,7 +110,7 @@ SPECS = (
             "d_in": 6,
         },
         verification="oracle:Behrouz et al. 2025 eqs. 8-14 (surprise with momentum and forgetting, gradients by "
-        "autograd at each chunk's memory, §3.2) and MAG (§4.2) with persistent memory (§3.3), fp64",
+        "autograd at each chunk's memory, §3.2) and MAG (§4.2) or MAL (§4.3) with persistent memory (§3.3), fp64",
         causal=True,
         stateful=True,
         variable_length=True,
