@@ -170,8 +170,8 @@ def test_cpu_autocast_runs_in_fp32_where_onednn_has_no_bf16_rnn(cell: str, monke
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_the_stack_is_one_torch_module_called_once_per_sequence(cell: str) -> None:
-    # One multi-layer call (cuDNN's layer wavefront on a GPU) for a forward and for a prefill; a decoding step goes
-    # through the fused cells instead (cheaper per token than a call of the module).
+    # One multi-layer call (cuDNN's layer wavefront on a GPU) for a forward and for a prefill; on a CPU a decoding
+    # step goes through the fused cells instead (cheaper per token there than a call of the module).
     model = edifice.build(cell, d_model=8, n_layers=3, d_in=4).eval()
     assert isinstance(model.rnn, CELLS[cell]) and model.rnn.num_layers == 3
     assert set(model.state_dict()) == {f"rnn.{key}" for key in model.rnn.state_dict()}
