@@ -150,11 +150,78 @@ def oracle(layer: TitansMixer, x: torch.Tensor) -> torch.Tensor:
     return gated @ layer.o_proj.weight.T
 
 
+def oracle_mac(layer: TitansMixer, x: torch.Tensor) -> torch.Tensor:
+    """The MAC layer's output on ``x [B, T, d]`` from the paper's equations (§4.1), token by token, in fp64.
+
+    Per segment of ``window`` positions: ``h_t = M*_{s-1}(q_t)`` with the memory of the segment's start;
+    ``y_t = Attn([p ‖ h ‖ x])`` causal inside the segment, ``h_j`` and ``x_j`` both at position ``j``; the
+    memory learns ``y`` (its q, k, v, gates come from ``y``); ``o_t = RMSNorm(y_t) ⊙ σ(RMSNorm(M*_t(y_t)))``.
+    """
+    B, T, d = x.shape
+    H, D = layer.n_heads, layer.head_dim
+    C, n_p, L = layer.memory.chunk_size, layer.persistent.shape[0], layer.window_size
+    mem = layer.memory
+    lns = [None if mem.norm_weight is None else (mem.norm_weight[h], mem.norm_bias[h]) for h in range(H)]
+    start = [p.detach() for p in mem.initial() if p is not None]
+    M = [[[w[h] for w in start] for h in range(H)] for _ in range(B)]
+    S = [[[torch.zeros_like(w[h]) for w in start] for h in range(H)] for _ in range(B)]
+    anchor = [[list(m) for m in row] for row in M]
+    seg_M = M
+    ys = torch.zeros(B, T, d, dtype=torch.float64)
+    out = torch.zeros(B, T, d, dtype=torch.float64)
+    seg_tokens: list[torch.Tensor] = []
+    assert layer.retrieve_q is not None and layer.attn_norm is not None
+    for t in range(T):
+        if t % L == 0:
+            seg_M, seg_tokens = [[list(m) for m in row] for row in M], []
+        qr = F.silu(x[:, t] @ layer.retrieve_q.weight.T).reshape(B, H, D)
+        qr = qr / torch.sqrt(qr.square().sum(-1, keepdim=True) + 1e-6)
+        retrieved = [[memory_model(seg_M[b][h], qr[b, h], lns[h]) for h in range(H)] for b in range(B)]
+        h_t = torch.stack([torch.cat(row) for row in retrieved])  # h_t = M*_{s-1}(q_t), (B, d)
+        seg_tokens += [h_t, x[:, t]]  # [p ‖ h ‖ x], interleaved by position
+        seq = torch.cat([layer.persistent.expand(B, -1, -1), torch.stack(seg_tokens, 1)], 1)
+        aq, ak, av = (f.reshape(B, seq.shape[1], H, D) for f in (seq @ layer.attn_qkv.weight.T).chunk(3, -1))
+        if layer.rope is not None:
+            pos = torch.arange(t - len(seg_tokens) // 2 + 1, t + 1).repeat_interleave(2)
+            aq = torch.cat([aq[:, :n_p], rope(aq[:, n_p:], pos, layer.rope.base)], 1)
+            ak = torch.cat([ak[:, :n_p], rope(ak[:, n_p:], pos, layer.rope.base)], 1)
+        scores = torch.einsum("bhd,blhd->bhl", aq[:, -1], ak) / D**0.5  # the query of x_t sees everything before it
+        ys[:, t] = torch.einsum("bhl,blhd->bhd", scores.softmax(-1), av).reshape(B, d)  # y_t = Attn(...)
+        # Eq. 24: the memory learns y -- q, k, v by the convolution over y so far, SiLU, ℓ2; gates from y_t.
+        qkv = (ys[:, : t + 1] @ layer.mem_qkv.weight.T).chunk(3, -1)
+        q, k, v = (
+            F.silu(causal_conv(f, c)[:, -1]).reshape(B, H, D)
+            for f, c in zip(qkv, layer.mem_convs.conv.weight.chunk(3), strict=True)
+        )
+        q, k = (u / torch.sqrt(u.square().sum(-1, keepdim=True) + 1e-6) for u in (q, k))
+        g = ys[:, t] @ layer.gate_proj.weight.T + layer.gate_proj.bias
+        theta = layer.memory_lr * torch.sigmoid(g[:, :H]) / D
+        alpha, eta = torch.sigmoid(g[:, H : 2 * H]), torch.sigmoid(g[:, 2 * H :])
+        read = torch.zeros(B, H, D, dtype=torch.float64)
+        for b in range(B):
+            for h in range(H):
+                if t % C == 0:
+                    anchor[b][h] = M[b][h]  # §3.2: the chunk's gradients are taken at M_{t'}
+                with torch.enable_grad():
+                    leaves = [m.clone().requires_grad_(True) for m in anchor[b][h]]
+                    loss = (memory_model(leaves, k[b, h], lns[h]) - v[b, h]).square().sum()  # eq. 12
+                    grads = torch.autograd.grad(loss, leaves)
+                if layer.momentum:
+                    S[b][h] = [eta[b, h] * m - theta[b, h] * gr for m, gr in zip(S[b][h], grads, strict=True)]
+                else:
+                    S[b][h] = [-theta[b, h] * gr for gr in grads]  # eq. 14
+                M[b][h] = [(1 - alpha[b, h]) * m + u for m, u in zip(M[b][h], S[b][h], strict=True)]  # eq. 13
+                read[b, h] = memory_model(M[b][h], q[b, h], lns[h])  # M*_t(y_t)
+        gated = rms(ys[:, t], layer.attn_norm.weight) * torch.sigmoid(rms(read.reshape(B, d), layer.mem_norm.weight))
+        out[:, t] = gated @ layer.o_proj.weight.T  # o_t = y_t ⊗ M*_t(y_t), MAG's gate for ⊗
+    return out
+
+
 def check_layer(**options: Any) -> None:
     layer = perturbed_layer(0, **options)
     x = randn(2, 11, 16, seed=1, dtype=torch.float64)
     with torch.no_grad():
-        want = oracle(layer, x)
+        want = oracle_mac(layer, x) if layer.variant == "mac" else oracle(layer, x)
         torch.testing.assert_close(layer(x), want, **FP64)  # the chunked form
         state = layer.init_state(2, dtype=torch.float64)
         positions = torch.arange(11).expand(2, 11)
@@ -176,17 +243,30 @@ BARE = {"memory_norm": False, "rope": False, "n_persistent": 0}
         {"variant": "mal"},
         {"variant": "mal", "memory_depth": 1, "momentum": False},
         {"variant": "mal", **BARE},
+        {"variant": "mac", "window_size": 4},
+        {"variant": "mac", "window_size": 4, "memory_depth": 1, "momentum": False},
+        {"variant": "mac", "window_size": 8, **BARE},
     ],
-    ids=["mag-mlp-momentum", "mag-linear-no-momentum", "mag-bare-mlp", "mal-mlp-momentum", "mal-linear", "mal-bare"],
+    ids=[
+        "mag-mlp-momentum",
+        "mag-linear-no-momentum",
+        "mag-bare-mlp",
+        "mal-mlp-momentum",
+        "mal-linear",
+        "mal-bare",
+        "mac-mlp-momentum",
+        "mac-linear",
+        "mac-bare",
+    ],
 )
 def test_layer_matches_the_papers_equations(options: dict[str, Any]) -> None:
     check_layer(**options)
 
 
-@pytest.mark.parametrize("variant", ["mag", "mal"])
+@pytest.mark.parametrize("variant", ["mag", "mal", "mac"])
 def test_mutating_the_op_breaks_the_signature_test(variant: str) -> None:
     with mutate_op("memory_gd"), pytest.raises(AssertionError):
-        check_layer(variant=variant)
+        check_layer(variant=variant, window_size=4)
 
 
 def test_the_surprise_step_lowers_the_associative_loss_of_its_chunk() -> None:
@@ -215,9 +295,12 @@ def build(seed: int = 0, **overrides: Any) -> Titans:
     return model
 
 
-@pytest.mark.parametrize("variant", ["mag", "mal"])
+VARIANT_OPTIONS = {"mag": {}, "mal": {"variant": "mal"}, "mac": {"variant": "mac", "window_size": 4}}
+
+
+@pytest.mark.parametrize("variant", list(VARIANT_OPTIONS))
 def test_step_reproduces_forward_with_a_constant_state(variant: str) -> None:
-    model = build(4, variant=variant).eval()
+    model = build(4, **VARIANT_OPTIONS[variant]).eval()
     x = randn(2, 13, 6, seed=5)
     with torch.no_grad():
         want = model(x=x)
@@ -230,12 +313,13 @@ def test_step_reproduces_forward_with_a_constant_state(variant: str) -> None:
         assert [tuple(t.shape) for _, t in tensor_leaves(state)] == shapes
     assert_close(torch.cat(pieces, 1), want, SCAN)
     memory = state.layers[0].memory
-    assert len(memory.momentum) == len(memory.anchor) == 2 and memory.count.tolist() == [15, 15]  # 2 persistent + 13
+    read = 13 if variant == "mac" else 15  # MAG and MAL's memories also read the 2 persistent tokens
+    assert len(memory.momentum) == len(memory.anchor) == 2 and memory.count.tolist() == [read, read]
 
 
-@pytest.mark.parametrize("variant", ["mag", "mal"])
+@pytest.mark.parametrize("variant", list(VARIANT_OPTIONS))
 def test_padding_left_right_and_padded_prefill(variant: str) -> None:
-    model = build(6, variant=variant).eval()
+    model = build(6, **VARIANT_OPTIONS[variant]).eval()
     x = randn(2, 10, 6, seed=7)
     left = torch.tensor([[False] * 3 + [True] * 7, [True] * 10])
     right = torch.tensor([[True] * 10, [True] * 6 + [False] * 4])
@@ -269,7 +353,11 @@ def test_config_errors_and_option_names() -> None:
     with pytest.raises(edifice.ConfigError, match="memory_depth"):
         edifice.config("titans", memory_depth=3)
     with pytest.raises(edifice.ConfigError, match="variant"):
-        edifice.config("titans", variant="mac")
+        edifice.config("titans", variant="mat")
+    with pytest.raises(edifice.ConfigError, match="window_size"):
+        edifice.config("titans", variant="mac", window_size=20, mini_batch_size=16)
+    with pytest.raises(edifice.ConfigError, match="head_dim"):
+        edifice.config("titans", variant="mac", d_model=64, n_heads=4, head_dim=8)
     with pytest.raises(edifice.ConfigError, match="window_size"):
         edifice.config("titans", window_size=0)
     with pytest.raises(edifice.ConfigError, match="n_heads"):
@@ -279,8 +367,9 @@ def test_config_errors_and_option_names() -> None:
         layer(torch.zeros(1, 1, 8), state=layer.init_state(1))
 
 
-def test_mal_passes_the_contract() -> None:
-    # The registry's contract runs the tiny MAG config; MAL meets it too (compile aside: the same inner loop).
+@pytest.mark.parametrize("overrides", [{"variant": "mal"}, {"variant": "mac", "window_size": 5}], ids=["mal", "mac"])
+def test_the_other_variants_pass_the_contract(overrides: dict[str, Any]) -> None:
+    # The registry's contract runs the tiny MAG config; MAL and MAC meet it too (compile aside: the same inner loop).
     checks = [c for c in CHECKS if c not in ("bf16_and_compile", "stochastic")]
-    results = check_architecture("titans", checks, overrides={"variant": "mal"})
+    results = check_architecture("titans", checks, overrides=overrides)
     assert {r.status for r in results.values()} <= {"passed", "skipped"}

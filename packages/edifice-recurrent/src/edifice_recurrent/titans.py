@@ -1,4 +1,4 @@
-"""Titans (MAG, MAL): a neural long-term memory that learns to memorise at test time, beside sliding-window attention.
+"""Titans (MAC, MAG, MAL): a neural long-term memory that learns to memorise at test time, beside attention.
 
 Behrouz, Zhong & Mirrokni (2025), "Titans: Learning to Memorize at Test Time", https://arxiv.org/abs/2501.00663.
 The long-term memory ``M`` is a network (an MLP with ``L_M = memory_depth`` layers, one per head) whose weights are
@@ -20,6 +20,15 @@ the chunk start and now, the momentum), and reproduces ``forward``.
 
 Architecture (``variant``), with persistent memory (§3.3, eq. 19) ``x̃ = [p_1 … p_{N_p}] ‖ x`` (learnable tokens):
 
+* MAC, "memory as context" (§4.1): per segment ``S`` of ``window_size`` positions, the memory of the segment's start
+  answers the segment's queries, attention reads that retrieved history beside the segment, and the memory then
+  learns the attention's output::
+
+      h = M*_{s-1}(q),  q = ℓ2(SiLU(S W_Q))                                retrieval without an update
+      y = Attn([p ‖ h ‖ S])                                                causal inside the segment
+      M_s = M_{s-1}(y)                                                     the memory's update from y
+      o = W_O (RMSNorm(y) ⊙ σ(RMSNorm(M*_s(y))))                           ⊗ as MAG's gate
+
 * MAG, "memory as a gate" (§4.2), the default: the two branches side by side on ``x̃``::
 
       y = SW-Attn*(x̃)                                                     sliding-window attention; the persistent
@@ -36,11 +45,15 @@ following §4.4's details: the memory's q, k, v pass a depthwise causal convolut
 ℓ2-normalised, and the memory is ``x + LN(MLP(x))`` (``memory_norm``; residual and LayerNorm as TTT's inner model and
 MIRAS' deep memories). Each block is pre-norm residual: ``x + Mixer(RMSNorm(x))``, ``x + SwiGLU(RMSNorm(x))``.
 
-Why MAG and MAL: of the paper's three variants, MAC (memory as context) segments the sequence and attends over a
-retrieved-memory prefix per segment, so one new token changes a whole segment's attention; MAG and MAL are causal
-token by token, and their state is the memory plus a constant-size sliding-window cache (MAL's also holds the
-normalised read-outs of the persistent tokens, which do not depend on the input). MAG is the default: its gate
-exposes the memory's output directly.
+MAC as a causal model: ``h_j`` depends on ``x_j``, so the retrieved and the input token of position ``j`` are
+interleaved in the attention and a query at ``i`` sees both for every ``j <= i`` of its segment (seeing all of ``h``
+would leak later tokens); the memory learns ``y`` token by token in chunks of ``mini_batch_size`` (segments are whole
+chunks), so ``M*_s(y_i)`` has read ``y`` up to ``i`` only. The forward pass runs segment by segment (each segment
+needs the memory the previous one left), one chunked :func:`~edifice.ops.memory_gd` call each; ``step`` keeps the
+memory of the segment's start in its state. The state of every variant is constant-size: the memory, a cache of
+``window_size`` attention positions (``2 window_size`` keys for MAC) and, for MAL, the normalised read-outs of the
+persistent tokens (which do not depend on the input). MAG is the default: its gate exposes the memory's output
+directly, and its forward pass is one op call.
 
 Padding: valid tokens are moved to the front of each sequence before the layer (and back after), so chunks and
 positions start at the first valid token as without padding; ``step`` skips padded tokens.
@@ -51,7 +64,10 @@ amplifies every step); persistent tokens ``N(0, 0.02²)``; the gate biases start
 ``α: σ(-4) ≈ 0.018`` (slow forgetting).
 
 Deviations: the gates are per-head scalars (the paper allows channel-wise ones); MAL's RMSNorm before the attention
-is this implementation's pre-norm (the paper writes ``SW-Attn(M(x̃))``); MAC is not built.
+is this implementation's pre-norm (the paper writes ``SW-Attn(M(x̃))``); MAC's ``⊗`` is MAG's normalised sigmoid gate,
+its retrieval query has no convolution, the retrieved tokens need ``n_heads · head_dim == d_model`` (they join the
+input tokens, as the paper's d-to-d memory's do), and the memory learns only the input positions' outputs ``y_t``
+(not those of the persistent and retrieved tokens).
 """
 
 from __future__ import annotations
@@ -67,6 +83,7 @@ from edifice.blocks.kv_cache import SlidingWindowKVCache
 from edifice.blocks.norms import get_norm
 from edifice.blocks.rope import RotaryEmbedding, apply_rotary
 from edifice.config import ArchConfig
+from edifice.ops.memory_gd import memory_apply
 from edifice.outputs import model_output
 from edifice_recurrent._test_time import (
     FastWeightBackbone,
@@ -81,8 +98,9 @@ from edifice_recurrent.configs.titans import TitansConfig
 
 __all__ = ["VARIANTS", "Titans", "TitansMixer", "TitansState"]
 
-#: How the memory meets the attention: "mag" (memory as a gate, §4.2) or "mal" (memory as a layer, §4.3).
-VARIANTS = ("mag", "mal")
+#: How the memory meets the attention: "mac" (memory as context, §4.1), "mag" (as a gate, §4.2), "mal" (as a layer,
+#: §4.3).
+VARIANTS = ("mac", "mag", "mal")
 
 #: Initial bias of the forgetting gate: α = σ(-4) ≈ 0.018.
 FORGET_BIAS = -4.0
@@ -100,6 +118,8 @@ class TitansState:
     """The last ``window_size`` keys and values of the attention branch (persistent tokens are not cached)."""
     prefix: Tensor | None = None
     """MAL: the persistent tokens' normalised memory read-outs ``[B, N_p, H·D]``, the attention's fixed prefix."""
+    segment: list[Tensor] | None = None
+    """MAC: the memory ``M_{s-1}`` at the start of each row's current segment, which answers its retrievals."""
 
 
 class TitansMixer(nn.Module):
@@ -130,6 +150,12 @@ class TitansMixer(nn.Module):
         if variant not in VARIANTS:
             raise ValueError(f"TitansMixer: variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
         width = n_heads * head_dim
+        if variant == "mac" and (width != d_model or window_size % mini_batch_size):
+            raise ValueError(
+                "TitansMixer: MAC needs n_heads * head_dim == d_model (retrieved tokens join the input) and "
+                f"window_size divisible by mini_batch_size (segments of whole chunks), got {n_heads} * {head_dim}, "
+                f"d_model {d_model}, window_size {window_size}, mini_batch_size {mini_batch_size}"
+            )
         self.variant, self.n_heads, self.head_dim, self.width = variant, n_heads, head_dim, width
         self.momentum, self.memory_lr, self.window_size, self.init_std = momentum, memory_lr, window_size, init_std
         self.persistent = nn.Parameter(torch.empty(n_persistent, d_model))  # p_1 … p_{N_p}
@@ -154,10 +180,12 @@ class TitansMixer(nn.Module):
             loss="l2",
         )
         self.mem_norm = get_norm("rmsnorm", width, eps=norm_eps)
-        # Sliding-window attention branch: on x̃ (MAG) or on the memory's normalised read-out (MAL).
-        self.attn_qkv = nn.Linear(d_model if variant == "mag" else width, 3 * width, bias=False)
+        # MAC's retrieval query q_t = x_t W_Q, SiLU and ℓ2 norm as the memory's own queries (§4.1, §4.4).
+        self.retrieve_q = nn.Linear(d_model, width, bias=False) if variant == "mac" else None
+        # Attention branch: on x̃ (MAG), on [p ‖ h ‖ x] per segment (MAC), on the memory's normalised read-out (MAL).
+        self.attn_qkv = nn.Linear(width if variant == "mal" else d_model, 3 * width, bias=False)
         self.rope = RotaryEmbedding(head_dim, base=rope_theta) if rope else None
-        self.attn_norm = get_norm("rmsnorm", width, eps=norm_eps) if variant == "mag" else None
+        self.attn_norm = get_norm("rmsnorm", width, eps=norm_eps) if variant != "mal" else None
         self.o_proj = nn.Linear(width, d_model, bias=False)
         self.reset_parameters()
 
@@ -227,7 +255,11 @@ class TitansMixer(nn.Module):
             k, v, k_pos, key_mask = state.attention.update_and_fetch(k, v, positions, valid)
             key_valid = key_mask[:, 0, 0]
         dist = positions[:, :, None] - k_pos[:, None, :]  # (B, T, L) query minus key position
-        allowed = key_valid[:, None, :] & (dist >= 0) & (dist < self.window_size)
+        if self.variant == "mac":  # causal inside the segment of window_size positions, nothing before it
+            same = positions[:, :, None] // self.window_size == k_pos[:, None, :] // self.window_size
+            allowed = key_valid[:, None, :] & (dist >= 0) & same
+        else:
+            allowed = key_valid[:, None, :] & (dist >= 0) & (dist < self.window_size)
         always = torch.ones(B, T, n_p, dtype=torch.bool, device=x.device)
         mask = torch.cat([always, allowed], -1)[:, None]  # (B, 1, T, N_p + L)
         out = ops.sdpa(q, torch.cat([pk, k], 2), torch.cat([pv, v], 2), attn_mask=mask)  # (B, H, T, D)
@@ -242,17 +274,22 @@ class TitansMixer(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> TitansState:
-        """The state after the persistent tokens: the memory has read them; the attention cache is empty."""
+        """The state after the persistent tokens: the memory has read them (MAG, MAL); the attention cache is empty."""
         device = self.o_proj.weight.device if device is None else device
         dtype = self.o_proj.weight.dtype if dtype is None else dtype
         n_p = self.persistent.shape[0]
+        mac = self.variant == "mac"
+        slots = (2 if mac else 1) * self.window_size  # MAC caches a retrieved and an input token per position
         state = TitansState(
             conv=self.mem_convs.init_state(batch_size, device=device, dtype=dtype),
             memory=self.memory.init_state(batch_size, device=device),
             attention=SlidingWindowKVCache.empty(
-                batch_size, self.n_heads, self.head_dim, self.window_size, device=device, dtype=dtype
+                batch_size, self.n_heads, self.head_dim, slots, device=device, dtype=dtype
             ),
         )
+        if mac:  # the persistent tokens are attention context only (§4.1): the memory has read nothing yet
+            state.segment = [w.clone() for w in state.memory.current]
+            return state
         prefix = self.persistent.to(device=device, dtype=dtype).expand(batch_size, -1, -1)
         read = self._memory(prefix, state, None) if n_p else prefix.new_zeros(batch_size, 0, self.width)
         if self.variant == "mal":  # x̃ = [p ‖ x]: the memory reads the persistent tokens first
@@ -268,6 +305,8 @@ class TitansMixer(nn.Module):
         state: TitansState | None = None,
     ) -> Tensor:
         """``x [B, T, d_model]`` -> ``[B, T, d_model]``; ``mask [B, T]`` marks valid tokens; ``state`` is updated."""
+        if self.variant == "mac":
+            return self._mac(x, mask, positions, state)
         B, T, _ = x.shape
         n_p = self.persistent.shape[0]
         persistent = self.persistent.to(x.dtype).expand(B, -1, -1)
@@ -284,15 +323,88 @@ class TitansMixer(nn.Module):
                 raise ValueError("TitansMixer: positions [B, t] are required with a state (the absolute index of x)")
             positions = positions.expand(B, T)
             y_mem = self._memory(x, state, mask)
-        if self.attn_norm is not None:  # MAG: the memory gates the attention over x̃
-            y_attn = self._attention(x, persistent, positions, state, mask)
-            out: Tensor = self.o_proj(self.attn_norm(y_attn) * torch.sigmoid(self.mem_norm(y_mem)))
+        if self.variant == "mag":  # the memory gates the attention over x̃
+            out = self._gate(self._attention(x, persistent, positions, state, mask), y_mem)
         else:  # MAL: the attention reads the memory's read-out, M(p) as its persistent prefix
             prefix = state.prefix if state is not None else self.mem_norm(read_prefix)
             if prefix is None:
                 raise ValueError("TitansMixer: a MAL state needs its prefix (build the state with init_state)")
             out = self.o_proj(self._attention(self.mem_norm(y_mem), prefix, positions, state, mask))
         return restore(out, order)
+
+    def _gate(self, y: Tensor, read: Tensor) -> Tensor:
+        """MAG's and MAC's output ``W_O (RMSNorm(y) ⊙ σ(RMSNorm(read)))``: the memory's read-out gates ``y``."""
+        assert self.attn_norm is not None
+        out: Tensor = self.o_proj(self.attn_norm(y) * torch.sigmoid(self.mem_norm(read)))
+        return out
+
+    # -- MAC, memory as context (§4.1) --------------------------------------------------------------------------
+    def _retrieve(self, x: Tensor, memory: list[Tensor | None]) -> Tensor:
+        """``h = M*(q)`` for ``x [B, t, d]``: the memory read without an update, ``q = ℓ2(SiLU(x W_Q))`` (§4.1)."""
+        assert self.retrieve_q is not None
+        B, t, _ = x.shape
+        q = l2_normalize(F.silu(self.retrieve_q(x)).view(B, t, self.n_heads, self.head_dim))
+        work = next(w for w in memory if w is not None).dtype
+        spec: dict[str, Any] = {k: v.to(work) if isinstance(v, Tensor) else v for k, v in self.memory._spec().items()}
+        h = memory_apply(memory, q.transpose(1, 2).to(work), **spec)  # (B, H, t, D)
+        return h.transpose(1, 2).reshape(B, t, self.width).to(x.dtype)
+
+    def _segment_attention(
+        self, h: Tensor, x: Tensor, positions: Tensor, state: TitansState | None, valid: Tensor | None
+    ) -> Tensor:
+        """``y = Attn([p ‖ h ‖ x])`` at the inputs' positions (§4.1), causal inside the segment.
+
+        The retrieved ``h_j`` and the input ``x_j`` share position ``j``, interleaved, so a query at ``i`` sees both for
+        every ``j <= i`` of its segment (``h_j`` depends on ``x_j``: a later one would leak the future).
+        """
+        B, t, d = x.shape
+        pairs = torch.stack([h, x], 2).reshape(B, 2 * t, d)  # h_0, x_0, h_1, x_1, ...
+        both = positions.repeat_interleave(2, dim=1)
+        valid2 = None if valid is None else valid.repeat_interleave(2, dim=1)
+        persistent = self.persistent.to(x.dtype).expand(B, -1, -1)
+        return self._attention(pairs, persistent, both, state, valid2)[:, 1::2]  # the input tokens' outputs
+
+    def _mac(self, x: Tensor, mask: Tensor | None, positions: Tensor | None, state: TitansState | None) -> Tensor:
+        """MAC: per segment, retrieve, attend, then update the memory with the attention's output (§4.1)."""
+        B, T, _ = x.shape
+        if state is not None:
+            if positions is None:
+                raise ValueError("TitansMixer: positions [B, t] are required with a state (the absolute index of x)")
+            return self._mac_step(x, positions.expand(B, T), state, mask)
+        x, order = compact(x, mask)  # valid tokens first; trailing pads only reach later pads
+        L, kwargs = self.window_size, self.memory.op_kwargs()
+        memory: tuple[Tensor | None, ...] = self.memory.expanded(B)
+        momentum: tuple[Tensor | None, ...] | None = None
+        conv = self.mem_convs.init_state(B, device=x.device, dtype=x.dtype)
+        outs = []
+        for start in range(0, T, L):  # segments of whole chunks: each op call starts at a chunk boundary
+            seg = x[:, start : start + L]
+            pos = torch.arange(start, start + seg.shape[1], device=x.device).expand(B, -1)
+            y = self._segment_attention(self._retrieve(seg, list(memory)), seg, pos, None, None)
+            inputs = self.memory_inputs(y, conv)  # M_t = M_{t-1}(y_t): the memory learns the attention's output
+            q, k, v, lr = (inputs.pop(key) for key in ("q", "k", "v", "lr"))
+            read, memory, momentum = ops.memory_gd(q, k, v, memory, lr, **inputs, momentum_state=momentum, **kwargs)
+            outs.append(self._gate(y, read.reshape(B, -1, self.width)))  # o_t = y_t ⊗ M*_t(y_t) (§4.1)
+        return restore(torch.cat(outs, 1), order)
+
+    def _mac_step(self, x: Tensor, positions: Tensor, state: TitansState, valid: Tensor | None) -> Tensor:
+        """MAC token by token from ``state`` (updated in place); a token at a segment start first stores ``M_{s-1}``."""
+        assert state.segment is not None, "a MAC state holds the memory of the segment start"
+        segment = list(state.segment)  # new tensors below; written back in place at the end (autograd saved these)
+        outs = []
+        for i in range(x.shape[1]):
+            x_i, pos_i = x[:, i : i + 1], positions[:, i : i + 1]
+            ok = None if valid is None else valid[:, i : i + 1]
+            starts = pos_i[:, 0] % self.window_size == 0  # (B,): this row's token opens a segment
+            if ok is not None:
+                starts = starts & ok[:, 0]
+            row = starts.view(-1, *([1] * (segment[0].dim() - 1)))
+            segment = [torch.where(row, cur, seg) for seg, cur in zip(segment, state.memory.current, strict=True)]
+            y = self._segment_attention(self._retrieve(x_i, self.memory._full(segment)), x_i, pos_i, state, ok)
+            outs.append(self._gate(y, self._memory(y, state, ok)))
+        for target, value in zip(state.segment, segment, strict=True):
+            target.copy_(value)
+        return torch.cat(outs, 1)
 
     def extra_repr(self) -> str:
         n_p = self.persistent.shape[0]

@@ -1,7 +1,7 @@
 """Config and spec of ``titans``: a neural long-term memory learned at test time, beside sliding-window attention.
 
-The model is :mod:`edifice_recurrent.titans` (Titans MAG, "memory as a gate", or MAL, "memory as a layer"; torch-free
-module).
+The model is :mod:`edifice_recurrent.titans` (Titans MAC, MAG or MAL: memory as context, as a gate, as a layer;
+torch-free module).
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ __all__ = ["SPECS", "TitansConfig"]
 
 @dataclasses.dataclass(kw_only=True)
 class TitansConfig(SequenceConfig):
-    """Titans (Behrouz et al. 2025): sliding-window attention beside a deep memory trained by surprise (MAG or MAL)."""
+    """Titans (Behrouz et al. 2025): attention beside a deep memory trained by surprise (MAC, MAG or MAL)."""
 
     arch: str = field("titans", "Registry name of the architecture this config builds.")
-    variant: Literal["mag", "mal"] = field(
-        "mag", "How the memory meets the attention: 'mag' (as a gate, §4.2) or 'mal' (as a layer, §4.3)."
+    variant: Literal["mac", "mag", "mal"] = field(
+        "mag", "How the memory meets the attention: 'mac' (as context, §4.1), 'mag' (a gate, §4.2), 'mal' (a layer)."
     )
     n_heads: int = field(4, "Heads of the attention and of the memory (one memory per head).")
     head_dim: int | None = field(None, "Features per head; None means d_model // n_heads.")
@@ -34,7 +34,7 @@ class TitansConfig(SequenceConfig):
     memory_lr: float = field(1.0, "Scale of the learning rate θ_t = memory_lr σ(x w_θ) / head_dim.")
     mini_batch_size: int = field(16, "Tokens per chunk whose gradients are taken at one memory state (§3.2).")
     n_persistent: int = field(4, "Persistent memory tokens prepended to the sequence (§3.3).")
-    window_size: int = field(64, "Window of the sliding-window attention branch.")
+    window_size: int = field(64, "Window of the sliding-window attention (MAG, MAL); MAC's segment length.")
     conv_size: int = field(4, "Kernel size of the depthwise convolutions after the memory's q, k, v projections.")
     rope: bool = field(True, "Rotary position embedding in the attention branch (persistent tokens are not rotated).")
     rope_theta: float = field(10000.0, "RoPE base.")
@@ -54,7 +54,7 @@ class TitansConfig(SequenceConfig):
     def validate(self) -> None:
         """Check sizes are positive and heads divide the width."""
         super().validate()
-        self.check_choice("variant", ("mag", "mal"))
+        self.check_choice("variant", ("mac", "mag", "mal"))
         self.check_choice("memory_depth", (1, 2))
         self.check_positive("n_heads", "head_dim", "memory_size", "memory_lr", "mini_batch_size", "window_size")
         self.check_positive("conv_size", "rope_theta", "norm_eps", "init_std")
@@ -65,6 +65,10 @@ class TitansConfig(SequenceConfig):
             self.fail("head_dim", "must be even with rope=True (RoPE rotates feature pairs)")
         if self.rope and not self.rope_theta > 1:
             self.fail("rope_theta", "must be > 1")
+        if self.variant == "mac" and self.n_heads * self.head_size != self.d_model:
+            self.fail("head_dim", f"must give n_heads * head_dim == d_model={self.d_model} with variant='mac'")
+        if self.variant == "mac" and self.window_size % self.mini_batch_size:
+            self.fail("window_size", f"must be a multiple of mini_batch_size={self.mini_batch_size} with variant='mac'")
 
     @property
     def head_size(self) -> int:
@@ -89,9 +93,9 @@ SPECS = (
         name="titans",
         family="recurrent",
         distribution="edifice-recurrent",
-        summary="Titans (MAG, MAL): a deep neural memory updated at test time by surprise (the gradient of an "
-        "associative loss, with momentum and forgetting) gates, or feeds, sliding-window attention with persistent "
-        "tokens.",
+        summary="Titans (MAC, MAG, MAL): a deep neural memory updated at test time by surprise (the gradient of an "
+        "associative loss, with momentum and forgetting) serves as context for, gates, or feeds attention with "
+        "persistent tokens.",
         paper=BEHROUZ,
         config="edifice_recurrent.configs.titans:TitansConfig",
         model="edifice_recurrent.titans:Titans",
@@ -110,7 +114,8 @@ SPECS = (
             "d_in": 6,
         },
         verification="oracle:Behrouz et al. 2025 eqs. 8-14 (surprise with momentum and forgetting, gradients by "
-        "autograd at each chunk's memory, §3.2) and MAG (§4.2) or MAL (§4.3) with persistent memory (§3.3), fp64",
+        "autograd at each chunk's memory, §3.2) and MAC (§4.1), MAG (§4.2) or MAL (§4.3) with persistent memory "
+        "(§3.3), fp64",
         causal=True,
         stateful=True,
         variable_length=True,
