@@ -8,6 +8,7 @@ and each replay advances the state by one position.
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 import pytest
 import torch
@@ -25,6 +26,12 @@ pytestmark = [
 ]
 
 STATEFUL = [name for name in edifice.list_architectures() if edifice.get_spec(name).stateful]
+#: Variants whose decoding differs from the tiny config's: (name, config overrides).
+VARIANTS: list[tuple[str, dict[str, Any]]] = [
+    ("titans", {"variant": "mal"}),
+    ("titans", {"variant": "mac", "window_size": 5}),
+]
+CASES = [(name, {}) for name in STATEFUL] + [case for case in VARIANTS if case[0] in STATEFUL]
 #: Inputs that describe the whole batch rather than one position each: never passed to a one-position step.
 NOT_PER_POSITION = {"attention_mask", "cu_seqlens"}
 
@@ -34,13 +41,15 @@ def per_position(leaves: dict[str, torch.Tensor], t: int, length: int) -> dict[s
     return {k: v.narrow(1, t, length) for k, v in leaves.items()}
 
 
-@pytest.mark.parametrize("name", STATEFUL)
-def test_step_replays_in_a_cuda_graph(name: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "overrides"), CASES, ids=[name + "".join(f"-{v}" for v in o.values()) for name, o in CASES]
+)
+def test_step_replays_in_a_cuda_graph(name: str, overrides: dict[str, Any]) -> None:
     missing = missing_requirements(name)
     if missing is not None:
         pytest.skip(missing)
     torch.manual_seed(0)
-    model = edifice.build(name, **edifice.get_spec(name).tiny, device="cuda").eval()
+    model = edifice.build(name, **{**edifice.get_spec(name).tiny, **overrides}, device="cuda").eval()
     inputs = edifice.example_inputs(model, 2, generator=torch.Generator().manual_seed(1))
     # What step takes: the first required input (x or input_ids), as in the contract.
     key = next(k for k, ts in active_specs(edifice.get_spec(name).inputs, model.config).items() if not ts.optional)

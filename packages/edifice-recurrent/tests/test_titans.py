@@ -367,9 +367,16 @@ def test_config_errors_and_option_names() -> None:
         layer(torch.zeros(1, 1, 8), state=layer.init_state(1))
 
 
-@pytest.mark.parametrize("overrides", [{"variant": "mal"}, {"variant": "mac", "window_size": 5}], ids=["mal", "mac"])
-def test_the_other_variants_pass_the_contract(overrides: dict[str, Any]) -> None:
+OTHER_VARIANTS = {"mal": {"variant": "mal"}, "mac": {"variant": "mac", "window_size": 5}}
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("variant", list(OTHER_VARIANTS))
+def test_the_other_variants_pass_the_contract(variant: str, device: str) -> None:
     # The registry's contract runs the tiny MAG config; MAL and MAC meet it too (compile aside: the same inner loop).
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
     checks = [c for c in CHECKS if c not in ("bf16_and_compile", "stochastic")]
-    results = check_architecture("titans", checks, overrides=overrides)
+    results = check_architecture("titans", checks, overrides=OTHER_VARIANTS[variant], device=device)
     assert {r.status for r in results.values()} <= {"passed", "skipped"}
