@@ -18,10 +18,11 @@ Machine Translation", https://arxiv.org/abs/1406.1078, eqs. 5-8)::
 Layer ``l`` feeds its hidden states ``h_t`` to layer ``l + 1`` (dropout in between while training). The stack *is*
 ``torch.nn.LSTM(num_layers=n_layers)`` (:attr:`RNN.rnn`): its state dict is that module's under ``rnn.``
 (:func:`from_torch_rnn` loads one) and a full sequence or a prefill is one call of it -- on a GPU one multi-layer
-cuDNN call, which overlaps the layers in a wavefront (layer ``l + 1`` at step ``t`` beside layer ``l`` at ``t + 1``)
-where a call per layer could not. On a CPU a decoding ``step`` of one position goes layer by layer through ATen's
-fused cells (``torch.lstm_cell``/``gru_cell``, the same equations and weights), ~10x cheaper per token there than a
-call of the module; on a GPU it is one call of the module too.
+cuDNN call, which lets cuDNN overlap the layers (layer ``l + 1`` at step ``t`` beside layer ``l`` at ``t + 1``) where
+a call per layer could not (1.5x faster in a CUDA graph, docs/benchmarks.md). On a CPU a decoding ``step`` of one
+position goes layer by layer through ATen's fused cells (``torch.lstm_cell``/``gru_cell``, the same equations and
+weights), cheaper per token there than a call of the module, which sets oneDNN up each time; on a GPU it is one call
+of the module too.
 
 :class:`RNNLayer` is the single-layer form other entries use as a sequence mixer (``transformer_like``,
 ``deep_res_lstm``, ``multi_timescale_recurrence``): one fused call of its own one-layer module per sequence.
@@ -319,7 +320,7 @@ class RNN(SequenceBackbone):
     ) -> tuple[Tensor | SequenceOutput, SequenceState]:
         """Advance by ``t >= 1`` positions; unpadded, one fused call of the whole stack (bar one position on a CPU).
 
-        On a CPU one position goes layer by layer through ATen's fused cells, ~10x cheaper than a call of the module
+        On a CPU one position goes layer by layer through ATen's fused cells, cheaper than a call of the module
         (oneDNN's per-call set-up); on a GPU the one cuDNN call is cheaper, eager and in a CUDA graph alike. Padded
         positions go through the cells, which gate the state per position.
         """
