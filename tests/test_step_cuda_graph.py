@@ -29,7 +29,7 @@ STATEFUL = [name for name in edifice.list_architectures() if edifice.get_spec(na
 #: Variants whose decoding differs from the tiny config's: (name, config overrides).
 VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("titans", {"variant": "mal"}),
-    ("titans", {"variant": "mac", "window_size": 5}),
+    ("titans", {"variant": "mac", "window_size": 4, "mini_batch_size": 4}),
 ]
 CASES = [(name, {}) for name in STATEFUL] + [case for case in VARIANTS if case[0] in STATEFUL]
 #: Inputs that describe the whole batch rather than one position each: never passed to a one-position step.

@@ -367,7 +367,7 @@ def test_config_errors_and_option_names() -> None:
         layer(torch.zeros(1, 1, 8), state=layer.init_state(1))
 
 
-OTHER_VARIANTS = {"mal": {"variant": "mal"}, "mac": {"variant": "mac", "window_size": 5}}
+OTHER_VARIANTS = {"mal": {"variant": "mal"}, "mac": {"variant": "mac", "window_size": 4, "mini_batch_size": 4}}
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
 

@@ -93,15 +93,16 @@ SPECS = (
         model="edifice_recurrent.ttt:TTT",
         inputs=sequence_inputs(),
         outputs=sequence_outputs(),
-        # One layer and no FFN: torch.compile traces every chunk of the inner loop (the package tests stack two
-        # layers with their FFNs).
+        # One layer, no FFN and one mini-batch over the contract's T = 8: torch.compile traces every chunk of the
+        # inner loop, which kept the compile check near its 2 s limit (the package tests stack two layers with their
+        # FFNs and cross mini-batch boundaries in forward and step).
         tiny={
             "d_model": 16,
             "n_layers": 1,
             "n_heads": 2,
             "variant": "mlp",
             "inner_size": 16,
-            "mini_batch_size": 4,
+            "mini_batch_size": 8,
             "d_ff": 0,
             "d_in": 6,
         },
