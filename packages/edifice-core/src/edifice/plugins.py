@@ -130,10 +130,13 @@ class _CommandCollector:
 
     def __init__(self) -> None:
         self.commands: list[dict[str, Any]] = []
+        self.distribution: str | None = None  # of the plugin whose hook is running
 
     def add_command(self, name: str, *, help: str, configure: Callable[[Any], None], run: Callable[[Any], int]) -> None:
         """Add the sub-command ``edifice <name>``: ``configure(parser)`` adds arguments, ``run(args)`` runs it."""
-        self.commands.append({"name": name, "help": help, "configure": configure, "run": run})
+        self.commands.append(
+            {"name": name, "help": help, "configure": configure, "run": run, "distribution": self.distribution}
+        )
 
 
 class Registry:
@@ -272,10 +275,12 @@ class Registry:
         return self._owner[kind].get(key)
 
     def commands(self) -> list[dict[str, Any]]:
-        """Sub-commands that plugins add to the CLI."""
+        """Sub-commands that plugins add to the CLI, each with the distribution that added it."""
         self.ensure_loaded()
         collector = _CommandCollector()
         for impl in self.pm.hook.register_commands.get_hookimpls():
+            record = self.records.get(impl.plugin_name)
+            collector.distribution = record.distribution if record is not None else None
             try:
                 impl.function(cli=collector)
             except Exception as exc:  # a broken command must not take the CLI down

@@ -26,7 +26,9 @@ def plugin_commands(taken: set[str]) -> list[Command]:
     commands = []
     for entry in get_registry().commands():
         name = entry["name"]
-        if name in taken or name in RESERVED:
+        # A reserved name only its own distribution may add (None: no one yet).
+        reserved = name in RESERVED and (RESERVED[name] is None or RESERVED[name] != entry.get("distribution"))
+        if name in taken or reserved:
             warnings.warn(
                 f"a plugin command named {name!r} is taken by a built-in or reserved command; skipped", PluginWarning, 2
             )

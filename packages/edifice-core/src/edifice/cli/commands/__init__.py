@@ -39,10 +39,10 @@ BUILTIN: tuple[str, ...] = (
     "edifice.cli.commands.summary",
 )
 
-#: Names kept for commands still to come: ``arena`` (train several architectures on one task under one budget,
-#: DESIGN section 7) and ``bench`` (the benchmark harness, section 10). They will join :data:`BUILTIN` as
-#: ``edifice.cli.commands.arena`` and ``edifice.cli.commands.bench``; plugins may not claim them meanwhile.
-RESERVED: frozenset[str] = frozenset({"arena", "bench"})
+#: Command names only one first-party distribution may add (``None``: kept for a command still to come). ``arena``
+#: and ``train`` are the main job, added by edifice-arena (DESIGN section 7); ``bench`` is kept for the benchmark
+#: harness (section 10). A plugin of any other distribution claiming one is skipped with a warning.
+RESERVED: dict[str, str | None] = {"arena": "edifice-arena", "train": "edifice-arena", "bench": None}
 
 
 def builtin_commands() -> list[Command]:
