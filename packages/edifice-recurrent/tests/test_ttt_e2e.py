@@ -233,3 +233,22 @@ def test_mutable_blocks_initialisation_and_config() -> None:
         edifice.config("ttt_e2e", mutable_fraction=0.0)
     with pytest.raises(edifice.ConfigError, match="head_dim"):
         edifice.config("ttt_e2e", d_model=12, n_heads=4)
+
+
+def test_the_capture_path_runs_the_inner_step_every_token_masked_by_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Under CUDA-graph capture ``step`` cannot ask the host whether a mini-batch ended: it runs the inner step on
+    # every token and ``due`` selects the rows it updates. Forcing that path on CPU, with rows whose mini-batches end
+    # at different steps (left padding), must still reproduce ``forward``.
+    import edifice_recurrent.ttt_e2e as module
+
+    model = build(6).eval()
+    x = _inputs(model, 13, seed=7)
+    left = torch.tensor([[False] * 3 + [True] * 10, [True] * 13])
+    with torch.no_grad():
+        want = model(input_ids=x, attention_mask=left)
+        monkeypatch.setattr(module, "is_capturing", lambda: True)
+        state = model.init_state(2)
+        pieces = [model.step(x[:, t : t + 1], state, attention_mask=left[:, t : t + 1])[0] for t in range(13)]
+    got = torch.cat(pieces, 1)
+    assert_close(got[0, 3:], want[0, 3:], SCAN)
+    assert_close(got[1], want[1], SCAN)

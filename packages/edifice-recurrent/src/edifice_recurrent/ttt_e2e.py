@@ -24,7 +24,10 @@ token from a constant-size state: ring buffers of keys and values (``window_size
 ``window_size + mini_batch_size`` per mutable block), the fast weights, and the current mini-batch's inputs to the
 first mutable block and raw inputs. When the token after a complete mini-batch arrives, ``step`` recomputes that
 mini-batch's mutable blocks with gradients, takes the inner step and then processes the token; it reproduces
-``forward``. Deciding whether a mini-batch ends reads the position counter (a host sync each step).
+``forward``. The position counter is a device tensor and ``due`` a per-row mask: eagerly, ``step`` skips the inner
+step when no row is due (one host read of that flag, which saves recomputing a mini-batch on every token); under
+CUDA-graph capture it always runs the inner step and ``due`` selects the rows it updates, so
+:class:`edifice.graphs.GraphedStep` captures ``step`` once and every replay advances it.
 
 Padding: valid tokens are moved to the front of each sequence before the model (and back after), so mini-batches
 start at the first valid token; padded targets are left out of the inner loss; ``step`` skips padded tokens.
