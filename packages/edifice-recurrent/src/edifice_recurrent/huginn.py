@@ -26,12 +26,14 @@ l_R`` caches), coda layers -- so ``step`` reproduces ``forward`` exactly (the pa
 and per-token adaptive exits are inference approximations left out).
 
 Randomness: ``s_0`` (and, in training, ``r``) is drawn from the ``generator`` given to ``forward``/``step``.
-``state_init`` picks the training draw, ``eval_state_init`` the evaluation one; the default ``"zero"`` at evaluation
-makes inference deterministic (the reference code's ``init_scale=0``), and is what ``step == forward`` relies on.
+``state_init`` picks the training draw, ``eval_state_init`` the evaluation one. At evaluation we default to
+``"zero"``, which makes inference deterministic and is what ``step == forward`` relies on; the released code's default
+(``init_scale=1.0``) draws a random ``s_0`` at evaluation too, and zero is opt-in there (``init_scale=0``).
+``eval_state_init="normal"`` gives the released behaviour.
 
 Deviations: RoPE uses the rotate-half pairing (the released code pairs adjacent features; the same rotation up to a
 fixed permutation of q/k features); no learned q/k bias (the released model's ``qk_bias``); no test-time noise
-injection, cache sharing or adaptive exit; ``d_ff`` defaults to ``4·h``.
+injection, cache sharing or adaptive exit; ``d_ff`` defaults to ``4·h``; ``s_0 = 0`` at evaluation by default (above).
 """
 
 from __future__ import annotations

@@ -51,7 +51,9 @@ class HuginnConfig(SequenceConfig):
     )
     state_init: StateInit = field("normal", "Training-time s_0: 'normal' (truncated N(0, state_std^2)) or 'zero'.")
     eval_state_init: StateInit = field(
-        "zero", "Eval-time s_0: 'zero' (deterministic; step equals forward) or 'normal' (draw as in training)."
+        "zero",
+        "Eval-time s_0: 'zero' (deterministic; step equals forward) or 'normal' (draw as in training; the released "
+        "code's default, init_scale=1).",
     )
     state_std: float = field(math.sqrt(2 / 5), "Standard deviation sigma of s_0 (truncated to +-3 sigma).")
     rope_base: float = field(50000.0, "RoPE base of every attention layer (paper: 50000).")
