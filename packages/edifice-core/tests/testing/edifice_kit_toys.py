@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import time
 from typing import Any
 
 import torch
@@ -163,6 +164,14 @@ class NotOnMeta(ToyRecurrent):
     def __init__(self, config: ToyConfig) -> None:
         super().__init__(config)
         self.initial_gain = float(self.skip.detach().abs().mean())
+
+
+class Hangs(ToyRecurrent):
+    """every check: its forward sleeps (a stand-in for a deadlock), so only the hang guard ends the check."""
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(30)
+        return super().features(x)
 
 
 class NanOnZeros(ToyRecurrent):

@@ -8,6 +8,8 @@ at the future cannot also be stepped, so its spec says it is not stateful).
 from __future__ import annotations
 
 import re
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,6 +19,7 @@ import torch
 import edifice
 from edifice import TensorSpec
 from edifice.testing import CHECKS, check_architecture, timing
+from edifice.testing._runner import hang_guard
 from edifice.testing.contract import ContractError, check_forward, check_gradients, warm_up
 
 Register = Callable[..., str]
@@ -302,17 +305,52 @@ def test_check_architecture_runs_a_selection_and_refuses_unknown_checks(register
         check_architecture(name, ["speed"])
 
 
-def test_a_check_over_the_time_limit_fails_with_the_measured_time(
+def test_a_slow_check_passes_and_is_reported_with_its_time(
     register_toy: Register, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Timing never fails a check: the budget is reported, a busy machine must not turn the suite red.
     name = register_toy()
-    monkeypatch.setenv(timing.ENV_VAR, "1e-9")
-    took = r"took \d+\.\d\d s \(first run \d+\.\d\d s\)"
-    with pytest.raises(ContractError, match=rf"^{name}: forward: {took}, over the per-check limit of 1e-09 s"):
+    wall, cpu = iter(range(0, 10_000, 30)), iter(range(0, 10_000, 30))  # each call: 30 s on, far over the budget
+    monkeypatch.setattr("edifice.testing._runner.time.perf_counter", lambda: float(next(wall)))
+    monkeypatch.setattr("edifice.testing._runner.time.process_time", lambda: float(next(cpu)))
+    result = check_forward(name)
+    assert result.status == "passed" and result.seconds == 30 > timing.BUDGET
+    assert timing.drain()[-1] == timing.Timing(name, "forward", 30.0)
+
+
+def test_a_check_past_the_hang_guard_fails_naming_it(register_toy: Register, monkeypatch: pytest.MonkeyPatch) -> None:
+    name = register_toy()
+    # Where no timer can interrupt the check, the wall clock measured after it is the guard.
+    clock = iter(range(0, 10_000, 90))
+    monkeypatch.setattr("edifice.testing._runner.time.perf_counter", lambda: float(next(clock)))
+    with pytest.raises(ContractError, match=rf"^{name}: forward: took 90\.0 s: over the 60 s hang guard"):
         check_forward(name)
+    monkeypatch.undo()
+    # A check that really hangs is interrupted by the guard's timer.
+    hung = register_toy("kit_hangs", "Hangs")
+    monkeypatch.setenv(timing.ENV_VAR, "0.2")
+    with pytest.raises(ContractError, match=r"^kit_hangs: forward: still running after 0\.2 s: over the 0\.2 s hang"):
+        check_forward(hung)
     monkeypatch.setenv(timing.ENV_VAR, "off")
     assert check_forward(name).status == "passed"
-    assert timing.drain()[-1].check == "forward"
+
+
+def test_hang_guard_is_off_without_a_limit_and_outside_the_main_thread() -> None:
+    with hang_guard(None):
+        time.sleep(0.01)
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            with hang_guard(0.01):
+                time.sleep(0.05)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert errors == []
 
 
 def test_time_given_to_other_processes_does_not_count(register_toy: Register, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -321,14 +359,14 @@ def test_time_given_to_other_processes_does_not_count(register_toy: Register, mo
     name = register_toy()
     clock = iter(range(0, 10_000, 50))  # every perf_counter() call jumps 50 s ahead
     monkeypatch.setattr("edifice.testing._runner.time.perf_counter", lambda: float(next(clock)))
-    monkeypatch.setenv(timing.ENV_VAR, "2")
     result = check_forward(name)
-    assert result.status == "passed" and result.seconds < 2
+    assert result.status == "passed" and result.seconds < timing.BUDGET
 
 
 def test_time_limit_sources_and_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(timing.ENV_VAR, raising=False)
-    assert timing.time_limit() == timing.DEFAULT_TIME_LIMIT == 2.0
+    assert timing.time_limit() == timing.DEFAULT_TIME_LIMIT == 60.0
+    assert timing.BUDGET == 2.0
     monkeypatch.setenv(timing.ENV_VAR, "3.5")
     assert timing.time_limit() == 3.5
     for off in ("0", "off", "none", " None "):

@@ -1,10 +1,14 @@
-"""The per-check time limit of the contract (torch-free, so the pytest plugin can set it without importing torch).
+"""Contract check timing: a budget we report against, and a hang guard (torch-free, for the pytest plugin).
 
-Each contract check must finish within the limit on 2 CPU cores (DESIGN §8). A check's time is the smaller of its
-wall-clock and process CPU time (on the CPU), so that load from other processes does not count against it. The
-limit is, in order of precedence: :func:`set_time_limit` (the pytest option ``--edifice-check-time-limit`` calls
-it), the environment variable ``EDIFICE_CHECK_TIME_LIMIT`` (seconds; ``0``, ``off`` or ``none`` disables it) and the
-default of 2 seconds.
+Timing never fails a check on a busy machine. Each check *should* finish within :data:`BUDGET` seconds on 2 CPU cores
+(DESIGN §8): the pytest plugin's terminal summary lists the slowest checks, each family's total and how many checks
+went over the budget, and CI holds the whole run to its time budget. The only limit enforced is a generous guard
+against hangs: a check still running after the guard's seconds of wall-clock time fails. The guard is, in order of
+precedence: :func:`set_time_limit` (the pytest option ``--edifice-check-time-limit`` calls it), the environment
+variable ``EDIFICE_CHECK_TIME_LIMIT`` (seconds; ``0``, ``off`` or ``none`` disables it) and the default of 60 s.
+
+A check's reported cost is the smaller of its wall-clock and process CPU time (on the CPU), so that time the
+scheduler gave to other processes does not count; the guard uses the wall clock, since a hang burns no CPU.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import dataclasses
 import os
 
 __all__ = [
+    "BUDGET",
     "DEFAULT_TIME_LIMIT",
     "ENV_VAR",
     "Timing",
@@ -24,9 +29,11 @@ __all__ = [
     "time_limit",
 ]
 
-#: Seconds one check may take on 2 CPU cores.
-DEFAULT_TIME_LIMIT = 2.0
-#: Environment variable that changes the limit.
+#: Seconds one check should take on 2 CPU cores: reported against, never enforced.
+BUDGET = 2.0
+#: Seconds of wall-clock time after which a check counts as hung and fails.
+DEFAULT_TIME_LIMIT = 60.0
+#: Environment variable that changes the hang guard.
 ENV_VAR = "EDIFICE_CHECK_TIME_LIMIT"
 
 _override: float | None = None
@@ -34,21 +41,21 @@ _overridden = False
 
 
 def parse_limit(text: str, *, source: str = ENV_VAR) -> float | None:
-    """Parse a limit in seconds; ``0``/``off``/``none`` give ``None`` (no limit). Raises ``ValueError`` otherwise."""
+    """Parse a guard in seconds; ``0``/``off``/``none`` give ``None`` (no limit). Raises ``ValueError`` otherwise."""
     value = text.strip().lower()
     if value in ("", "0", "off", "none"):
         return None
     try:
         seconds = float(value)
     except ValueError:
-        raise ValueError(f"{source}={text!r}: expected seconds (e.g. 2 or 2.5), or 0/off/none to disable") from None
+        raise ValueError(f"{source}={text!r}: expected seconds (e.g. 60 or 120), or 0/off/none to disable") from None
     if seconds < 0:
         raise ValueError(f"{source}={text!r}: expected a non-negative number of seconds")
     return seconds
 
 
 def set_time_limit(seconds: float | None) -> None:
-    """Set the limit for this process, over the environment variable (``None`` disables it)."""
+    """Set the hang guard for this process, over the environment variable (``None`` disables it)."""
     global _override, _overridden
     _override, _overridden = seconds, True
 
@@ -60,7 +67,7 @@ def reset_time_limit() -> None:
 
 
 def time_limit() -> float | None:
-    """The limit in seconds that applies now, or ``None`` when disabled."""
+    """The hang guard in seconds that applies now, or ``None`` when disabled."""
     if _overridden:
         return _override
     env = os.environ.get(ENV_VAR)

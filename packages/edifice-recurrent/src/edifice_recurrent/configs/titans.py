@@ -109,7 +109,7 @@ SPECS = (
             "mini_batch_size": 10,  # the 2 persistent tokens and T = 8 in one chunk (the tests cross boundaries)
             "n_persistent": 2,
             "window_size": 6,
-            # A bare linear memory and no FFN keep the compile check well inside its 2 s limit; the package tests cover
+            # A bare linear memory and no FFN keep the compile check well inside its 2 s budget; the package tests cover
             # the memory's MLP and LayerNorm.
             "memory_depth": 1,
             "memory_norm": False,

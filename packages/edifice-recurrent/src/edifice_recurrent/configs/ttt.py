@@ -94,7 +94,7 @@ SPECS = (
         inputs=sequence_inputs(),
         outputs=sequence_outputs(),
         # One layer, no FFN and one mini-batch over the contract's T = 8: torch.compile traces every chunk of the
-        # inner loop, which kept the compile check near its 2 s limit (the package tests stack two layers with their
+        # inner loop, which kept the compile check near its 2 s budget (the package tests stack two layers with their
         # FFNs and cross mini-batch boundaries in forward and step).
         tiny={
             "d_model": 16,

@@ -117,7 +117,7 @@ SPECS = (
         model="edifice_ssm.hymba:Hymba",
         inputs=sequence_inputs(),
         outputs=sequence_outputs(),
-        # One local-attention layer keeps the torch.compile check inside its time limit; the tests stack global ones.
+        # One local-attention layer keeps the compile check inside its 2 s time budget; the tests stack global ones.
         tiny={
             "d_model": 16,
             "n_layers": 1,

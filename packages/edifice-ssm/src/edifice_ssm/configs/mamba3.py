@@ -102,7 +102,7 @@ SPECS = (
         model="edifice_ssm.mamba3:Mamba3",
         inputs=sequence_inputs(),
         outputs=sequence_outputs(),
-        # One layer keeps the torch.compile check well inside its time limit; the tests stack two.
+        # One layer keeps the torch.compile check well inside its 2 s time budget; the tests stack two.
         tiny={
             "d_model": 16,
             "n_layers": 1,
