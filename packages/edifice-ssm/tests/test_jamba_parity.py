@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import edifice
-from edifice.testing import signature
+from edifice.testing import redraw_parameters, signature
 from edifice.testing.tol import FP32, assert_close
 from edifice_ssm.jamba import Jamba
 
@@ -67,7 +67,8 @@ def _hf(seed: int = 0, cls: Any = None, **overrides: Any) -> Any:
                 p.normal_(0.0, 1.0)
             elif p.dim() >= 2 and not name.endswith("A_log"):
                 p.normal_(0.0, p.shape[-1] ** -0.5)  # fan-in scaled (conv1d: [E, 1, K])
-    return model
+    # Then noise on every parameter, biases included: a zero in_proj bias would hide a leak into padded positions.
+    return redraw_parameters(model, seed=seed)
 
 
 def _ids(batch: int = 2, length: int = 11, seed: int = 0) -> torch.Tensor:

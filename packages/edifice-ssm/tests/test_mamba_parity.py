@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import edifice
-from edifice.testing import signature
+from edifice.testing import redraw_parameters, signature
 from edifice.testing.tol import FP32, assert_close
 from edifice_ssm.convert_mamba import map_mamba_state_dict
 
@@ -45,11 +45,8 @@ def _hf(seed: int = 0, cls: Any = None, **overrides: Any) -> Any:
     }
     torch.manual_seed(seed)
     model = (cls or HFMambaForCausalLM)(HFMambaConfig(**fields)).eval()
-    with torch.no_grad():  # random gains and skips make the norms and D observable
-        for name, p in model.named_parameters():
-            if name.endswith(("norm.weight", "norm_f.weight", ".D")):
-                p.uniform_(0.5, 1.5)
-    return model
+    # Every parameter redrawn (biases, gains and D included): a zero bias would hide a leak into padded positions.
+    return redraw_parameters(model, seed=seed)
 
 
 def _convert(name: str, hf: Any) -> Any:

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import edifice
-from edifice.testing import signature
+from edifice.testing import redraw_parameters, signature
 from edifice.testing.tol import FP32, assert_close
 from edifice_ssm.zamba import Zamba
 
@@ -67,7 +67,9 @@ def _hf(seed: int = 0, cls: Any = None, **overrides: Any) -> Any:
                 p.normal_(0.0, 1.0)
             elif p.dim() >= 2 and not name.endswith("A_log"):
                 p.normal_(0.0, p.shape[-1] ** -0.5)
-    return model
+    # Then noise on every other parameter (biases, A_log, D): a zero in_proj bias would hide a leak into padded
+    # positions. The weights drawn above stay as they are (more noise there only amplifies fp32 rounding).
+    return redraw_parameters(model, seed=seed, keep=("*weight",))
 
 
 def _ids(batch: int = 2, length: int = 11, seed: int = 0) -> torch.Tensor:

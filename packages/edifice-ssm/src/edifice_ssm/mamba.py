@@ -23,8 +23,10 @@ Initialisation (§3.6 and Appendix: S4D-real ``A = -(1..N)`` stored as ``A_log``
 ``1/sqrt(n_layers)`` as GPT-2 does, as the reference implementation does).
 
 Decoding: the state of a layer is its last ``d_conv - 1`` convolution inputs and its ``[E, N]`` SSM state, a
-constant size. Padding (``attention_mask``) zeroes the mixer's input and sets ``Δ = 0`` at padded positions, so the
-SSM state passes through them unchanged (``Ā = 1``, ``B̄ = 0``); left-padded prompts give the unpadded result.
+constant size. Padding (``attention_mask``) zeroes the convolution's input (after ``in_proj``, so its bias cannot
+leak) and sets ``Δ = 0`` at padded positions, so the SSM state passes through them unchanged (``Ā = 1``, ``B̄ = 0``);
+left-padded prompts give the unpadded result. (transformers' ``MambaMixer`` zeroes the input *before* ``in_proj``:
+with ``use_bias=True`` its padded outputs differ from its unpadded ones; see ``docs/parity.md``.)
 
 Deviation: none in the mathematics. The ``mamba_ssm`` fused CUDA path recomputes in a single kernel; here each part
 is an ``edifice.ops`` op with a pure-PyTorch reference (overridable by kernels).
@@ -59,6 +61,15 @@ class MambaState:
     """``[B, E, d_conv - 1]``: the last inputs of the causal convolution (oldest first)."""
     ssm: Tensor
     """``[B, E, N]`` fp32: the selective SSM's state ``h``."""
+
+
+def _saved_copy(state: Tensor) -> Tensor:
+    """The state tensor to compute with: a copy while autograd records, since the layer then overwrites the state.
+
+    Writing a state in place after autograd saved it would fail the backward pass of a forward that carries the
+    state across chunks (bimamba's ``chunk_size``); decoding (no autograd) reads it directly, allocating nothing.
+    """
+    return state.clone() if torch.is_grad_enabled() else state
 
 
 def dt_bias_init(n: int, dt_min: float, dt_max: float, floor: float, device: torch.device) -> Tensor:
@@ -135,10 +146,12 @@ class SelectiveMixer(nn.Module):
     def mix(self, u: Tensor, *, mask: Tensor | None, state: MambaState | None, route: Any = None) -> Tensor:
         """``u [B, T, d_model] -> [B, T, d_model]``; ``mask [B, T]`` (True = valid); ``state`` updated in place."""
         keep = None if mask is None else mask.unsqueeze(-1).to(u.dtype)  # (B, T, 1)
-        if keep is not None:
-            u = u * keep
         xs, z = self.in_projection(u, route).chunk(2, dim=-1)  # (B, T, E) each
-        conv_state = None if state is None else state.conv
+        if keep is not None:
+            # After the projection, not before it: a zeroed input would still carry in_proj's bias into the
+            # convolution's window and from there into the state.
+            xs = xs * keep
+        conv_state = None if state is None else _saved_copy(state.conv)
         weight = self.conv1d.weight.squeeze(1)  # (E, K)
         x = F.silu(ops.causal_conv1d(xs, weight, self.conv1d.bias, initial_state=conv_state))  # (B, T, E)
         if state is not None:
@@ -168,7 +181,7 @@ class SelectiveMixer(nn.Module):
             self.skip(),
             z,
             delta_softplus=False,
-            initial_state=None if state is None else state.ssm,
+            initial_state=None if state is None else _saved_copy(state.ssm),
             return_final_state=True,
             algorithm=self.scan,
         )

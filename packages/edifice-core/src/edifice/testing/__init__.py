@@ -4,6 +4,8 @@
   taking a registry name and building it with its spec's ``tiny`` config;
 * :mod:`edifice.testing.tol`: the contract's tolerances and comparisons that report the worst element;
 * :func:`mutate_op` with ready-made wrong op implementations, to prove that signature tests detect a broken mechanism;
+* :func:`redraw_parameters`: seeded noise on every parameter before a parity test, so no constant initialisation
+  (zero biases, unit gains) hides a wrong mapping;
 * :func:`signature`: the marker of an architecture's signature test;
 * :func:`registered` / :func:`registrar` / :func:`make_plugin`: register a plugin object for one test (the
   ``edifice_plugin`` fixture of the opt-in pytest plugin ``edifice.testing.pytest_plugin`` uses them).
@@ -46,6 +48,7 @@ __all__ = [
     "check_stochastic",
     "make_plugin",
     "mutate_op",
+    "redraw_parameters",
     "registered",
     "registrar",
     "signature",
@@ -57,6 +60,7 @@ _LAZY = {
     **{name: "edifice.testing.contract" for name in __all__ if name.startswith(("check", "CHECK", "Check"))},
     "ContractError": "edifice.testing.contract",
     "mutate_op": "edifice.testing.mutate",
+    "redraw_parameters": "edifice.testing.redraw",
     "warm_up": "edifice.testing.contract",
 }
 
@@ -80,6 +84,7 @@ if TYPE_CHECKING:
         warm_up,
     )
     from edifice.testing.mutate import mutate_op
+    from edifice.testing.redraw import redraw_parameters
 
 
 def __getattr__(name: str) -> Any:
