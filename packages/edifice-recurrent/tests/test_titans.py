@@ -143,11 +143,19 @@ def oracle(layer: TitansMixer, x: torch.Tensor) -> torch.Tensor:
         scores = torch.einsum("bhd,blhd->bhl", aq[:, t], keys) / D**0.5
         y_attn[:, t] = torch.einsum("bhl,blhd->bhd", scores.softmax(-1), values)
     y_attn = y_attn.reshape(B, T, H * D)
-    if layer.variant == "mal":
-        return y_attn @ layer.o_proj.weight.T  # MAL, §4.3: o = SW-Attn(M(x̃))
+    if layer.variant == "mal":  # MAL, §4.3: o = SW-Attn(M(x̃)), normalised before §4.4's gate
+        z = y_attn if layer.out_norm is None else rms(y_attn, layer.out_norm.weight)
+        return output_projection(layer, z, x)
     assert layer.attn_norm is not None
     gated = rms(y_attn, layer.attn_norm.weight) * torch.sigmoid(rms(read[:, n_p:], layer.mem_norm.weight))  # MAG
-    return gated @ layer.o_proj.weight.T
+    return output_projection(layer, gated, x)
+
+
+def output_projection(layer: TitansMixer, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """§4.4: ``W_O (z ⊙ SiLU(x W_G))``, the gate a linear layer of the mixer's input (none without ``output_gate``)."""
+    if layer.out_gate is not None:
+        z = z * F.silu(x @ layer.out_gate.weight.T)
+    return z @ layer.o_proj.weight.T
 
 
 def oracle_mac(layer: TitansMixer, x: torch.Tensor) -> torch.Tensor:
@@ -213,7 +221,7 @@ def oracle_mac(layer: TitansMixer, x: torch.Tensor) -> torch.Tensor:
                 M[b][h] = [(1 - alpha[b, h]) * m + u for m, u in zip(M[b][h], S[b][h], strict=True)]  # eq. 13
                 read[b, h] = memory_model(M[b][h], q[b, h], lns[h])  # M*_t(y_t)
         gated = rms(ys[:, t], layer.attn_norm.weight) * torch.sigmoid(rms(read.reshape(B, d), layer.mem_norm.weight))
-        out[:, t] = gated @ layer.o_proj.weight.T  # o_t = y_t ⊗ M*_t(y_t), MAG's gate for ⊗
+        out[:, t] = output_projection(layer, gated, x[:, t])  # o_t = y_t ⊗ M*_t(y_t), MAG's gate for ⊗
     return out
 
 
@@ -230,7 +238,7 @@ def check_layer(**options: Any) -> None:
     torch.testing.assert_close(torch.cat(pieces, 1), want, **FP64)  # the recurrent form
 
 
-BARE = {"memory_norm": False, "rope": False, "n_persistent": 0}
+BARE = {"memory_norm": False, "rope": False, "n_persistent": 0, "output_gate": False}
 
 
 @signature("titans")
@@ -261,6 +269,21 @@ BARE = {"memory_norm": False, "rope": False, "n_persistent": 0}
 )
 def test_layer_matches_the_papers_equations(options: dict[str, Any]) -> None:
     check_layer(**options)
+
+
+@pytest.mark.parametrize("variant", ["mag", "mal", "mac"])
+def test_the_output_is_normalised_and_gated_by_a_linear_layer_before_its_projection(variant: str) -> None:
+    # §4.4: "normalization and gating with a linear layer before the final output projection". The signature test's
+    # oracle applies the gate where the layer has one; here: the default layer has it (MAL also its norm), and the
+    # output depends on it.
+    assert edifice.config("titans").output_gate
+    layer = perturbed_layer(0, variant=variant, window_size=4)
+    assert layer.out_gate is not None and (layer.out_norm is not None) == (variant == "mal")
+    x = randn(2, 8, 16, seed=1, dtype=torch.float64)
+    with torch.no_grad():
+        gated = layer(x)
+        layer.out_gate = None
+        assert not torch.allclose(layer(x), gated, atol=1e-3)
 
 
 @pytest.mark.parametrize("variant", ["mag", "mal", "mac"])

@@ -27,23 +27,25 @@ Architecture (``variant``), with persistent memory (§3.3, eq. 19) ``x̃ = [p_1 
       h = M*_{s-1}(q),  q = ℓ2(SiLU(S W_Q))                                retrieval without an update
       y = Attn([p ‖ h ‖ S])                                                causal inside the segment
       M_s = M_{s-1}(y)                                                     the memory's update from y
-      o = W_O (RMSNorm(y) ⊙ σ(RMSNorm(M*_s(y))))                           ⊗ as MAG's gate
+      o = W_O (RMSNorm(y) ⊙ σ(RMSNorm(M*_s(y))) ⊙ SiLU(S W_G))              ⊗ as MAG's gate; §4.4's gate
 
 * MAG, "memory as a gate" (§4.2), the default: the two branches side by side on ``x̃``::
 
       y = SW-Attn*(x̃)                                                     sliding-window attention; the persistent
                                                                             tokens stay visible to every query
-      o = W_O (RMSNorm(y) ⊙ σ(RMSNorm(M(x̃))))                            the memory gates the attention
+      o = W_O (RMSNorm(y) ⊙ σ(RMSNorm(M(x̃))) ⊙ SiLU(x W_G))               the memory gates the attention
 
 * MAL, "memory as a layer" (§4.3): the attention reads the memory's output::
 
       y = M(x̃)                                                            the memory over x̃
-      o = W_O SW-Attn*(RMSNorm(y))                                         the persistent positions' read-outs
+      o = W_O (RMSNorm(SW-Attn*(RMSNorm(y))) ⊙ SiLU(x W_G))                the persistent positions' read-outs
                                                                             M(p) stay visible to every query
 
 following §4.4's details: the memory's q, k, v pass a depthwise causal convolution and SiLU, q and k are
-ℓ2-normalised, and the memory is ``x + LN(MLP(x))`` (``memory_norm``; residual and LayerNorm as TTT's inner model and
-MIRAS' deep memories). Each block is pre-norm residual: ``x + Mixer(RMSNorm(x))``, ``x + SwiGLU(RMSNorm(x))``.
+ℓ2-normalised, and the output is normalised and gated by a linear layer of the mixer's input, ``SiLU(x W_G)``, before
+the final projection ("normalization and gating with a linear layer before the final output projection", as in
+Mehta et al. 2023; ``output_gate``: MAG's and MAC's outputs are already normalised, MAL's gets an RMSNorm). Each
+block is pre-norm residual: ``x + Mixer(RMSNorm(x))``, ``x + SwiGLU(RMSNorm(x))``.
 
 MAC as a causal model: ``h_j`` depends on ``x_j``, so the retrieved and the input token of position ``j`` are
 interleaved in the attention and a query at ``i`` sees both for every ``j <= i`` of its segment (seeing all of ``h``
@@ -63,11 +65,15 @@ Initialisation (the paper gives none): linear weights ``N(0, 0.02²)``; the memo
 amplifies every step); persistent tokens ``N(0, 0.02²)``; the gate biases start at ``θ: σ(0)``, ``η: σ(0) = 0.5`` and
 ``α: σ(-4) ≈ 0.018`` (slow forgetting).
 
-Deviations: the gates are per-head scalars (the paper allows channel-wise ones); MAL's RMSNorm before the attention
-is this implementation's pre-norm (the paper writes ``SW-Attn(M(x̃))``); MAC's ``⊗`` is MAG's normalised sigmoid gate,
-its retrieval query has no convolution, the retrieved tokens need ``n_heads · head_dim == d_model`` (they join the
-input tokens, as the paper's d-to-d memory's do), and the memory learns only the input positions' outputs ``y_t``
-(not those of the persistent and retrieved tokens).
+Deviations: the memory is ``x + LN(MLP(x))`` by default (``memory_norm``), where the paper specifies an MLP of
+``L_M`` layers (§3.1): the residual and the LayerNorm come from TTT's inner model and MIRAS' deep memories, and keep
+a deep memory trainable by the inner steps (``memory_norm=False`` is the paper's bare MLP). The output gate's
+activation is SiLU (§4.4 names none; Mamba's and fla's gated output norms use it). The gates are per-head scalars
+(the paper allows channel-wise ones); MAL's RMSNorm before the attention is this implementation's pre-norm (the
+paper writes ``SW-Attn(M(x̃))``); MAC's ``⊗`` is MAG's normalised sigmoid gate, its retrieval query has no
+convolution, the retrieved tokens need ``n_heads · head_dim == d_model`` (they join the input tokens, as the paper's
+d-to-d memory's do), and the memory learns only the input positions' outputs ``y_t`` (not those of the persistent and
+retrieved tokens).
 """
 
 from __future__ import annotations
@@ -145,6 +151,7 @@ class TitansMixer(nn.Module):
         rope_theta: float = 10000.0,
         norm_eps: float = 1e-6,
         init_std: float = 0.02,
+        output_gate: bool = True,
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
@@ -186,6 +193,10 @@ class TitansMixer(nn.Module):
         self.attn_qkv = nn.Linear(width if variant == "mal" else d_model, 3 * width, bias=False)
         self.rope = RotaryEmbedding(head_dim, base=rope_theta) if rope else None
         self.attn_norm = get_norm("rmsnorm", width, eps=norm_eps) if variant != "mal" else None
+        # §4.4: normalisation and a gate from a linear layer of the input before the output projection. MAG's and
+        # MAC's outputs are normalised by their memory gate already; MAL's attention output gets its own norm.
+        self.out_gate = nn.Linear(d_model, width, bias=False) if output_gate else None
+        self.out_norm = get_norm("rmsnorm", width, eps=norm_eps) if output_gate and variant == "mal" else None
         self.o_proj = nn.Linear(width, d_model, bias=False)
         self.reset_parameters()
 
@@ -324,18 +335,26 @@ class TitansMixer(nn.Module):
             positions = positions.expand(B, T)
             y_mem = self._memory(x, state, mask)
         if self.variant == "mag":  # the memory gates the attention over x̃
-            out = self._gate(self._attention(x, persistent, positions, state, mask), y_mem)
+            out = self._project(self._gate(self._attention(x, persistent, positions, state, mask), y_mem), x)
         else:  # MAL: the attention reads the memory's read-out, M(p) as its persistent prefix
             prefix = state.prefix if state is not None else self.mem_norm(read_prefix)
             if prefix is None:
                 raise ValueError("TitansMixer: a MAL state needs its prefix (build the state with init_state)")
-            out = self.o_proj(self._attention(self.mem_norm(y_mem), prefix, positions, state, mask))
+            y = self._attention(self.mem_norm(y_mem), prefix, positions, state, mask)
+            out = self._project(y if self.out_norm is None else self.out_norm(y), x)
         return restore(out, order)
 
     def _gate(self, y: Tensor, read: Tensor) -> Tensor:
-        """MAG's and MAC's output ``W_O (RMSNorm(y) ⊙ σ(RMSNorm(read)))``: the memory's read-out gates ``y``."""
+        """MAG's and MAC's ``RMSNorm(y) ⊙ σ(RMSNorm(read))`` (eq. 26's ⊗): the memory's read-out gates ``y``."""
         assert self.attn_norm is not None
-        out: Tensor = self.o_proj(self.attn_norm(y) * torch.sigmoid(self.mem_norm(read)))
+        out: Tensor = self.attn_norm(y) * torch.sigmoid(self.mem_norm(read))
+        return out
+
+    def _project(self, z: Tensor, x: Tensor) -> Tensor:
+        """``W_O (z ⊙ SiLU(x W_G))``: §4.4's linear gate of the input ``x [B, T, d]``, then the output projection."""
+        if self.out_gate is not None:
+            z = z * F.silu(self.out_gate(x))
+        out: Tensor = self.o_proj(z)
         return out
 
     # -- MAC, memory as context (§4.1) --------------------------------------------------------------------------
@@ -384,7 +403,7 @@ class TitansMixer(nn.Module):
             inputs = self.memory_inputs(y, conv)  # M_t = M_{t-1}(y_t): the memory learns the attention's output
             q, k, v, lr = (inputs.pop(key) for key in ("q", "k", "v", "lr"))
             read, memory, momentum = ops.memory_gd(q, k, v, memory, lr, **inputs, momentum_state=momentum, **kwargs)
-            outs.append(self._gate(y, read.reshape(B, -1, self.width)))  # o_t = y_t ⊗ M*_t(y_t) (§4.1)
+            outs.append(self._project(self._gate(y, read.reshape(B, -1, self.width)), seg))  # o_t = y_t ⊗ M*_t(y_t)
         return restore(torch.cat(outs, 1), order)
 
     def _mac_step(self, x: Tensor, positions: Tensor, state: TitansState, valid: Tensor | None) -> Tensor:
@@ -401,7 +420,7 @@ class TitansMixer(nn.Module):
             row = starts.view(-1, *([1] * (segment[0].dim() - 1)))
             segment = [torch.where(row, cur, seg) for seg, cur in zip(segment, state.memory.current, strict=True)]
             y = self._segment_attention(self._retrieve(x_i, self.memory._full(segment)), x_i, pos_i, state, ok)
-            outs.append(self._gate(y, self._memory(y, state, ok)))
+            outs.append(self._project(self._gate(y, self._memory(y, state, ok)), x_i))
         for target, value in zip(state.segment, segment, strict=True):
             target.copy_(value)
         return torch.cat(outs, 1)
@@ -438,4 +457,5 @@ class Titans(FastWeightBackbone):
             rope_theta=c.rope_theta,
             norm_eps=c.norm_eps,
             init_std=c.init_std,
+            output_gate=c.output_gate,
         )

@@ -29,7 +29,9 @@ class TitansConfig(SequenceConfig):
     head_dim: int | None = field(None, "Features per head; None means d_model // n_heads.")
     memory_depth: int = field(2, "Layers L_M of the memory MLP: 1 is a linear memory, 2 a two-layer MLP.")
     memory_size: int | None = field(None, "Hidden units of the memory MLP (memory_depth=2); None means 4 * head_dim.")
-    memory_norm: bool = field(True, "Memory as x + LN(MLP(x)) (residual and LayerNorm); False is the bare MLP.")
+    memory_norm: bool = field(
+        True, "Memory as x + LN(MLP(x)) (TTT/MIRAS' residual and LayerNorm); False is the paper's bare MLP (§3.1)."
+    )
     momentum: bool = field(True, "Carry past surprise with a data-dependent momentum η_t (eqs. 10, 14).")
     memory_lr: float = field(1.0, "Scale of the learning rate θ_t = memory_lr σ(x w_θ) / head_dim.")
     mini_batch_size: int = field(16, "Tokens per chunk whose gradients are taken at one memory state (§3.2).")
@@ -43,6 +45,9 @@ class TitansConfig(SequenceConfig):
     )
     norm_eps: float = field(1e-6, "Epsilon of the RMSNorms and of the memory's LayerNorm.")
     init_std: float = field(0.02, "Standard deviation of the normal initialisation of linear weights and of M_0.")
+    output_gate: bool = field(
+        True, "§4.4: normalise and gate the mixer's output by SiLU(x W_G), a linear layer of its input, before W_O."
+    )
 
     aliases: ClassVar[Mapping[str, str]] = {
         **SequenceConfig.aliases,
