@@ -87,6 +87,34 @@ def test_mlstm_steps_match_transformers() -> None:
     torch.testing.assert_close(stepped, want, atol=5 * ATOL, rtol=0)  # chunk-by-chunk sums round differently
 
 
+def test_final_norm_uses_norm_eps() -> None:
+    # At norm_eps = 1e-3 a final norm that kept the default 1e-6 is off by ~1e-3 (the per-head norms and the blocks'
+    # norms already followed the config).
+    hf = make_hf(seed=4, norm_eps=1e-3)
+    model = edifice.convert("transformers.xLSTMModel", hf).eval()
+    x = features(2, 5, 32, seed=5)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x=x), hf_hidden(hf, x), atol=ATOL, rtol=0)
+    assert model.norm.eps == 1e-3
+
+
+def test_ffn_width_rounds_as_transformers_and_a_768_wide_checkpoint_converts() -> None:
+    # transformers (and the authors' xlstm package) round int((x + m - 1) // m * m): 768 * 2.667 = 2048.26 -> 2048,
+    # where ceil(x / m) * m would give 2112 and refuse the checkpoint's shapes.
+    assert XLSTMConfig(d_model=768, n_heads=4).mlstm_ffn_dim == 2048
+    assert XLSTMConfig(d_model=64, ffn_factor=1.5, ffn_multiple_of=64).mlstm_ffn_dim == 128  # 96 -> 128: still up
+    config = transformers.xLSTMConfig(
+        vocab_size=8, hidden_size=768, num_blocks=1, num_heads=4, chunk_size=4, autocast_kernel_dtype="float32"
+    )
+    torch.manual_seed(6)
+    hf = transformers.xLSTMModel(config).eval()
+    model = edifice.convert("transformers.xLSTMModel", hf).eval()
+    assert model.layers[0].ffn.up_proj.out_features == 2048
+    x = features(1, 3, 768, seed=7)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x=x), hf_hidden(hf, x), atol=1e-4, rtol=0)
+
+
 def test_mlstm_forgetting_is_what_matches() -> None:
     with mutate_op("mlstm"):
         assert mlstm_parity_error() > 1e-3

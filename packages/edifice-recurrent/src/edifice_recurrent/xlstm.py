@@ -50,6 +50,7 @@ from torch import Tensor, nn
 from edifice import ops
 from edifice.blocks.backbone import SequenceBackbone
 from edifice.blocks.ffn import GatedFeedForward
+from edifice.blocks.norms import get_norm
 from edifice.blocks.transformer import TransformerBlock
 from edifice.config import ArchConfig
 from edifice.errors import CheckpointError
@@ -296,6 +297,10 @@ class XLSTM(SequenceBackbone):
     def __init__(self, config: XLSTMConfig) -> None:
         super().__init__(config)
         self.reset_parameters()
+
+    def build_norm(self) -> nn.Module:
+        """The final RMSNorm, with the config's ``norm_eps`` like every other norm of the stack."""
+        return get_norm("rmsnorm", self.config.d_model, eps=self.config.norm_eps)
 
     def build_layer(self, index: int) -> nn.Module:
         """An sLSTM block if ``index`` is in ``slstm_at``, else an mLSTM block."""

@@ -9,7 +9,6 @@ See :mod:`edifice_recurrent.xlstm` for the equations and the deviations from the
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from typing import ClassVar
 
@@ -22,8 +21,12 @@ BECK = Paper("xLSTM: Extended Long Short-Term Memory", "Beck et al.", 2024, "240
 
 
 def _round_up(value: float, multiple: int) -> int:
-    """``value`` rounded up to a multiple of ``multiple`` (how xLSTM sizes its projections)."""
-    return multiple * math.ceil(value / multiple)
+    """``value`` rounded to a multiple of ``multiple`` exactly as the authors' xlstm package and transformers do.
+
+    Their ``int((x + m - 1) // m * m)`` rounds an integer up, but a fractional ``x`` only up to the next multiple when
+    its excess exceeds 1: ``768 * 2.667 = 2048.26 -> 2048`` (``ceil`` would give 2112 and refuse their checkpoints).
+    """
+    return int((value + multiple - 1) // multiple * multiple)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -39,7 +42,7 @@ class XLSTMConfig(SequenceConfig):
     v_dim_factor: float = field(1.0, "mLSTM value width as a fraction of d_model (split over the heads).")
     ffn_factor: float = field(2.667, "Hidden size of the mLSTM blocks' SwiGLU feed-forward, as a multiple of d_model.")
     slstm_ffn_factor: float = field(4 / 3, "Hidden size of the sLSTM blocks' GeLU-gated feed-forward (paper: 4/3).")
-    ffn_multiple_of: int = field(64, "Feed-forward hidden sizes are rounded up to a multiple of this.")
+    ffn_multiple_of: int = field(64, "Feed-forward hidden sizes are rounded to a multiple of this (as transformers).")
     gate_soft_cap: float | None = field(15.0, "Soft-cap the mLSTM gate pre-activations to cap*tanh(x/cap); None: off.")
     chunk_size: int = field(64, "Chunk length of the chunkwise-parallel mLSTM.")
     norm_eps: float = field(1e-6, "Epsilon of the RMSNorms and the per-head norms.")
