@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from edifice.catalogue import catalogue
+from edifice.catalogue import RELEASED, catalogue
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,3 +58,10 @@ def test_extras_cover_every_family_and_distribution(wheel: Path) -> None:
     for dist in published:
         deps = members[dist]["project"]["dependencies"]
         assert any(d.startswith("edifice-core>=") and "<" in d for d in deps), f"{dist} must depend on a core range"
+
+
+def test_core_knows_which_distributions_are_released() -> None:
+    # `edifice info NAME` calls an entry of an unreleased distribution "planned" instead of printing an install line
+    # for an extra that does not exist: core's list must be the meta package's extras.
+    extras = _members()["edifice"]["project"]["optional-dependencies"]
+    assert {req.split("==")[0] for reqs in extras.values() for req in reqs} == RELEASED

@@ -1,6 +1,8 @@
 """The catalogue of every planned architecture (name -> family, distribution), shipped as data in core.
 
-It lets an unknown-architecture error say which distribution to install even when that distribution is absent.
+It lets an unknown-architecture error say which distribution to install even when that distribution is absent, and
+tell a *planned* entry (its distribution is not released yet, or the installed version does not register it yet) from
+a *missing* one (released, not installed).
 """
 
 from __future__ import annotations
@@ -12,7 +14,22 @@ from importlib import resources
 
 from edifice.spec import BlockSpec
 
-__all__ = ["BLOCK_PROVIDERS", "CORE_BLOCKS", "CatalogueEntry", "catalogue", "install_hint"]
+__all__ = [
+    "BLOCK_PROVIDERS",
+    "CORE_BLOCKS",
+    "RELEASED",
+    "CatalogueEntry",
+    "catalogue",
+    "install_hint",
+    "is_first_party",
+]
+
+#: Distributions the meta package ``edifice`` has extras for: what is released (a test checks this against
+#: packages/edifice/pyproject.toml, so adding a family's extras there means adding it here).
+RELEASED: frozenset[str] = frozenset({"edifice-arena", "edifice-attention", "edifice-recurrent", "edifice-ssm"})
+
+#: This project's distributions that register no architecture, so the catalogue's rows do not name them.
+_WITHOUT_ARCHITECTURES = ("edifice-core", "edifice-kernels", "edifice-arena")
 
 #: Blocks other distributions may ask for by name, and the distribution that provides each.
 BLOCK_PROVIDERS: dict[str, str] = {
@@ -62,3 +79,13 @@ def install_hint(distribution: str) -> str:
     """The pip command that installs ``distribution`` through the meta package's extras."""
     short = distribution.removeprefix("edifice-")
     return f'pip install "edifice[{short}]"'
+
+
+@functools.cache
+def _first_party() -> frozenset[str]:
+    return frozenset({entry.distribution for entry in catalogue().values()} | set(_WITHOUT_ARCHITECTURES))
+
+
+def is_first_party(distribution: str | None) -> bool:
+    """Whether ``distribution`` is one of this project's (a family of DESIGN section 2, core, kernels or arena)."""
+    return distribution is not None and distribution in _first_party()

@@ -3,6 +3,13 @@
 Plugins are found through the entry-point group ``edifice`` and loaded in sorted order. Each plugin's registrations
 are staged and committed only when the whole plugin loaded cleanly, so a broken plugin leaves no half-registered
 state: it is recorded with its error, a :class:`PluginWarning` is issued, and every other plugin keeps working.
+A hook implementation whose name is no Edifice hook (a misspelling) fails its plugin with the unknown names.
+
+Two plugins registering the same name never take each other down: only the clashing item is affected, by a rule that
+does not depend on load order. ``replace=True`` is the explicit override and wins; otherwise a first-party
+distribution (one of this project's, :func:`~edifice.catalogue.is_first_party`) keeps its names against a third
+party, and between equals the plugin loaded first (sorted entry-point names) keeps the name. The loser's item is
+skipped with a :class:`PluginWarning` naming both plugins, and noted in its record.
 
 Environment variables:
 
@@ -16,7 +23,9 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+import sys
 import threading
+import time
 import traceback
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -25,7 +34,8 @@ from typing import Any, Literal
 
 import pluggy
 
-from edifice.catalogue import CORE_BLOCKS
+from edifice._text import did_you_mean
+from edifice.catalogue import CORE_BLOCKS, is_first_party
 from edifice.errors import PluginError
 from edifice.hookspecs import EdificeHooks
 from edifice.spec import ArchSpec, BlockSpec, Converter, OpOverride
@@ -46,7 +56,7 @@ _KINDS = ("architectures", "blocks", "ops", "converters")
 
 
 class PluginWarning(UserWarning):
-    """Issued when a plugin fails to load and is skipped."""
+    """Issued when a plugin fails to load and is skipped, or when one of its names is taken by another plugin."""
 
 
 @dataclasses.dataclass
@@ -63,6 +73,13 @@ class PluginRecord:
     blocks: list[str] = dataclasses.field(default_factory=list)
     ops: list[str] = dataclasses.field(default_factory=list)
     converters: list[str] = dataclasses.field(default_factory=list)
+    #: Names this plugin registered that another plugin holds instead (one sentence each, naming both plugins).
+    conflicts: list[str] = dataclasses.field(default_factory=list)
+    #: Seconds spent importing the entry point and running its registration hooks (``None``: registered in-process).
+    load_seconds: float | None = None
+    #: Whether loading it imported torch (which every ``edifice`` command then pays for); ``None`` when torch was
+    #: already imported, so that it cannot tell.
+    imports_torch: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-native form (for ``edifice plugins --json``)."""
@@ -80,6 +97,17 @@ def load_object(target: str) -> Any:
 
 def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Clash:
+    """A name a plugin registers that another plugin already holds."""
+
+    kind: str
+    key: str
+    keeps: bool  # whether the newcomer takes it
+    replace: bool  # whether the newcomer asked for it with replace=True
+    explicit: bool  # whether either side used replace=True (then nobody is warned)
 
 
 class _Staging:
@@ -101,21 +129,35 @@ class _Staging:
             key = _key(kind, item)
             if key in self.items[kind]:
                 raise PluginError(f"plugin {self.plugin!r} registers {kind[:-1]} {key!r} twice")
-            if not replace and key in self.registry._store[kind]:
-                owner = self.registry._owner[kind][key]
-                raise PluginError(
-                    f"plugin {self.plugin!r}: {kind[:-1]} {key!r} is already registered by {owner!r} "
-                    "(pass replace=True to override it on purpose)"
-                )
             self.items[kind][key] = (item, replace)
 
         return register
 
-    def commit(self, record: PluginRecord) -> None:
+    def clashes(self, record: PluginRecord) -> list[_Clash]:
+        """Every staged name another plugin already holds, and whether this plugin takes it."""
+        out = []
         for kind in _KINDS:
-            for key, (item, _replace) in self.items[kind].items():
+            for key, (_item, replace) in self.items[kind].items():
+                if key in self.registry._owner[kind]:
+                    keeps = self.registry._wins(kind, key, record.distribution, replace)
+                    explicit = replace or key in self.registry._explicit[kind]
+                    out.append(_Clash(kind, key, keeps, replace, explicit))
+        return out
+
+    def commit(self, record: PluginRecord, clashes: list[_Clash]) -> None:
+        """Store the staged items; of a clashing name, only the side :meth:`Registry._wins` picks keeps it."""
+        lost = {(c.kind, c.key) for c in clashes if not c.keeps}
+        for c in clashes:
+            self.registry._note_clash(c, self.plugin, record)
+        for kind in _KINDS:
+            for key, (item, replace) in self.items[kind].items():
+                if (kind, key) in lost:
+                    continue
                 self.registry._store[kind][key] = item
                 self.registry._owner[kind][key] = self.plugin
+                self.registry._explicit[kind].discard(key)
+                if replace:
+                    self.registry._explicit[kind].add(key)
                 getattr(record, kind).append(key)
 
 
@@ -150,6 +192,8 @@ class Registry:
         self.records: dict[str, PluginRecord] = {}
         self._store: dict[str, dict[str, Any]] = {kind: {} for kind in _KINDS}
         self._owner: dict[str, dict[str, str]] = {kind: {} for kind in _KINDS}
+        #: Keys whose current holder registered them with ``replace=True``.
+        self._explicit: dict[str, set[str]] = {kind: set() for kind in _KINDS}
         self._generation = 0
         # Core's generic blocks are always present, whatever EDIFICE_LOAD_PLUGINS says; plugins may replace them.
         for block in CORE_BLOCKS:
@@ -192,12 +236,23 @@ class Registry:
 
     def _load_entry_point(self, ep: metadata.EntryPoint) -> None:
         dist = ep.dist.name if ep.dist is not None else None
+        torch_before = "torch" in sys.modules
+        started = time.perf_counter()
         try:
             plugin = ep.load()
         except Exception as exc:
-            self._fail(PluginRecord(ep.name, dist, _dist_version(ep), ep.value, "failed"), exc)
+            record = PluginRecord(ep.name, dist, _dist_version(ep), ep.value, "failed")
+            self._time(record, started, torch_before)
+            self._fail(record, exc)
             return
-        self.register_plugin(plugin, ep.name, distribution=dist, version=_dist_version(ep), module=ep.value)
+        # The record exists (loaded or failed) before the timing is set; the time covers import and hooks alike.
+        record = self.register_plugin(plugin, ep.name, distribution=dist, version=_dist_version(ep), module=ep.value)
+        self._time(record, started, torch_before)
+
+    @staticmethod
+    def _time(record: PluginRecord, started: float, torch_before: bool) -> None:
+        record.load_seconds = time.perf_counter() - started
+        record.imports_torch = None if torch_before else "torch" in sys.modules
 
     def register_plugin(
         self,
@@ -219,17 +274,85 @@ class Registry:
             except Exception as exc:
                 return self._fail(record, exc)
             try:
+                self._check_hook_names(plugin, name)
                 self._call(name, "register_architectures", staging.adder("architectures", ArchSpec))
                 self._call(name, "register_blocks", staging.adder("blocks", BlockSpec))
                 self._call(name, "register_ops", staging.adder("ops", OpOverride))
                 self._call(name, "register_converters", staging.adder("converters", Converter))
+                clashes = staging.clashes(record)
+                unasked = [c for c in clashes if not c.explicit]
+                if unasked and _truthy(os.environ.get("EDIFICE_STRICT_PLUGINS")):
+                    raise PluginError(self._clash_message(unasked[0], name, record))
             except Exception as exc:
                 self.pm.unregister(name=name)
                 return self._fail(record, exc)
-            staging.commit(record)
+            staging.commit(record, clashes)
             self.records[name] = record
             self._generation += 1
             return record
+
+    def _check_hook_names(self, plugin: Any, name: str) -> None:
+        """Raise when the plugin implements hooks Edifice does not define (a misspelling registers nothing)."""
+        unknown = sorted(
+            caller.name
+            for caller in self.pm.get_hookcallers(plugin) or ()
+            if not caller.has_spec()
+            and not all(impl.optionalhook for impl in caller.get_hookimpls() if impl.plugin_name == name)
+        )
+        if unknown:
+            known = sorted(n for n in dir(EdificeHooks) if not n.startswith("_"))
+            hints = "".join(did_you_mean(u, known) for u in unknown)
+            raise PluginError(
+                f"unknown hook{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}.{hints} "
+                f"Edifice's hooks: {', '.join(known)}"
+            )
+
+    # -- name clashes ----------------------------------------------------------------------------------------------
+    def _is_first_party_owner(self, owner: str) -> bool:
+        if owner == CORE_OWNER:
+            return True
+        record = self.records.get(owner)
+        return record is not None and is_first_party(record.distribution)
+
+    def _wins(self, kind: str, key: str, distribution: str | None, replace: bool) -> bool:
+        """Whether a newcomer (of ``distribution``) takes ``key`` from its current holder (the rule: module doc)."""
+        if replace:
+            return True
+        if key in self._explicit[kind]:
+            return False
+        return is_first_party(distribution) and not self._is_first_party_owner(self._owner[kind][key])
+
+    def _label(self, plugin: str, record: PluginRecord | None) -> str:
+        record = record or self.records.get(plugin)
+        return f"{plugin!r} ({record.distribution or record.module})" if record is not None else repr(plugin)
+
+    def _clash_message(self, clash: _Clash, newcomer: str, record: PluginRecord) -> str:
+        """One sentence naming both plugins, who keeps the name and why."""
+        kind, key = clash.kind, clash.key
+        holder = self._owner[kind][key]
+        both = f"{kind[:-1]} {key!r} is registered by both {self._label(holder, None)}"
+        both += f" and {self._label(newcomer, record)}"
+        if clash.keeps:
+            why = "replace=True" if clash.replace else "the first-party family keeps its name"
+            return f"{both}: {newcomer!r} takes it ({why}); {holder!r}'s is dropped"
+        if clash.explicit:
+            return f"{both}: {holder!r} keeps it (it registered it with replace=True); {newcomer!r}'s is skipped"
+        return (
+            f"{both}: it is already registered by {holder!r}, which keeps it (the first-party family keeps its name, "
+            f"otherwise the first loaded; pass replace=True to override on purpose); {newcomer!r}'s is skipped"
+        )
+
+    def _note_clash(self, clash: _Clash, newcomer: str, record: PluginRecord) -> None:
+        """Note a clash in the losing side's record, and warn unless ``replace=True`` asked for it."""
+        holder_record = self.records.get(self._owner[clash.kind][clash.key])
+        message = self._clash_message(clash, newcomer, record)
+        if clash.keeps and holder_record is not None:
+            getattr(holder_record, clash.kind).remove(clash.key)
+        loser = holder_record if clash.keeps else record
+        if loser is not None:
+            loser.conflicts.append(message)
+        if not clash.explicit:
+            warnings.warn(f"Edifice plugins: {message}", PluginWarning, stacklevel=5)
 
     def unregister_plugin(self, name: str) -> None:
         """Remove a plugin and everything it registered."""
@@ -244,6 +367,7 @@ class Registry:
                     if self._owner[kind].get(key) == name:
                         del self._store[kind][key]
                         del self._owner[kind][key]
+                        self._explicit[kind].discard(key)
             self._generation += 1
 
     def _call(self, plugin_name: str, hook_name: str, register: Callable[..., None]) -> None:

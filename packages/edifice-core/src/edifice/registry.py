@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fnmatch
+import re
 from typing import TYPE_CHECKING, Any
 
 from edifice._text import close_matches
-from edifice.catalogue import BLOCK_PROVIDERS, catalogue, install_hint
+from edifice.catalogue import BLOCK_PROVIDERS, RELEASED, catalogue, install_hint
 from edifice.config import ArchConfig, _describe, _type_hints
-from edifice.errors import ConfigError, MissingDependency, UnknownArchitecture
+from edifice.errors import ConfigError, MissingDependency, PluginError, UnknownArchitecture
 from edifice.plugins import PluginRecord, get_registry, load_object
 from edifice.spec import ArchSpec, Converter
 
@@ -31,6 +32,7 @@ __all__ = [
     "list_architectures",
     "model_class",
     "plugins",
+    "why_absent",
 ]
 
 
@@ -45,7 +47,7 @@ def get_spec(name: str) -> ArchSpec:
     message = f"unknown architecture {name!r}."
     entry = catalogue().get(name)
     if entry is not None:
-        message += f" It is part of {entry.distribution}, which is not installed: {install_hint(entry.distribution)}"
+        message = f"unknown architecture {name!r} ({entry.family} family): {why_absent(entry.distribution)}"
     else:
         matches = close_matches(name, list(specs) or list(catalogue()))
         if matches:
@@ -54,9 +56,46 @@ def get_spec(name: str) -> ArchSpec:
     raise UnknownArchitecture(message)
 
 
+def why_absent(distribution: str, what: str = "it") -> str:
+    """Why ``what`` (a catalogue entry or family of ``distribution``) is not registered here, as one clause.
+
+    *Planned* when ``distribution`` is not released (no extra on the meta package) or is installed but does not
+    register it yet; otherwise the distribution is missing (the install line), or installed but not loaded.
+    """
+    if distribution not in RELEASED:
+        released = "which is not released yet; `edifice list` shows what is installed"
+        return f"{what} is planned for {distribution}, {released}."
+    record = next((r for r in get_registry().iter_records() if _same_dist(r.distribution, distribution)), None)
+    if record is None:
+        return f"{what} is part of {distribution}, which is not installed: {install_hint(distribution)}"
+    if record.status == "failed":
+        return f"{what} is part of {distribution}, whose plugin failed to load: {record.error} (`edifice plugins`)."
+    if record.status == "skipped":
+        return f"{what} is part of {distribution}, which is installed but not loaded ({record.error})."
+    return f"{what} is planned for {distribution} but not in its installed version {record.version} yet."
+
+
+def _same_dist(a: str | None, b: str) -> bool:
+    """Distribution names compare as normalised by PEP 503 (``edifice_ssm`` is ``edifice-ssm``)."""
+    return a is not None and re.sub(r"[-_.]+", "-", a).lower() == re.sub(r"[-_.]+", "-", b).lower()
+
+
+def _load_path(spec: ArchSpec, kind: str) -> Any:
+    """Import the spec's ``config`` or ``model`` path; a broken one is a :class:`PluginError` naming plugin and path."""
+    target: str = getattr(spec, kind)
+    try:
+        return load_object(target)
+    except (ImportError, AttributeError) as exc:
+        plugin = get_registry().owner("architectures", spec.name)
+        raise PluginError(
+            f"{spec.name}: plugin {plugin!r} ({spec.distribution}) gives the {kind} path {target!r}, which cannot be "
+            f"imported: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
 def config_class(name: str) -> type[ArchConfig]:
     """The config dataclass of architecture ``name`` (imports no torch)."""
-    cls = load_object(get_spec(name).config)
+    cls = _load_path(get_spec(name), "config")
     if not (isinstance(cls, type) and issubclass(cls, ArchConfig)):
         raise TypeError(f"{name}: spec.config must name an ArchConfig subclass, got {cls!r}")
     return cls
@@ -66,7 +105,7 @@ def model_class(name: str) -> type[nn.Module]:
     """The ``nn.Module`` class of architecture ``name`` (imports its module, and so torch)."""
     spec = get_spec(name)
     _check_requirements(spec)
-    cls: type[nn.Module] = load_object(spec.model)
+    cls: type[nn.Module] = _load_path(spec, "model")
     return cls
 
 
@@ -118,15 +157,13 @@ def _check_requirements(spec: ArchSpec) -> None:
     for block in spec.requires_blocks:
         if block not in registry.items("blocks"):
             provider = BLOCK_PROVIDERS.get(block)
-            hint = f" Install it with: {install_hint(provider)}" if provider else ""
-            raise MissingDependency(
-                f"{spec.name}: needs the block {block!r}, which no installed plugin provides.{hint}"
-            )
+            hint = f"; {why_absent(provider)}" if provider else "."
+            raise MissingDependency(f"{spec.name}: needs the block {block!r}, which no installed plugin provides{hint}")
     for arch in spec.requires_archs:
         if arch not in registry.items("architectures"):
             entry = catalogue().get(arch)
-            hint = f" Install it with: {install_hint(entry.distribution)}" if entry else ""
-            raise MissingDependency(f"{spec.name}: needs the architecture {arch!r}, which is not installed.{hint}")
+            hint = f"; {why_absent(entry.distribution)}" if entry else "."
+            raise MissingDependency(f"{spec.name}: needs the architecture {arch!r}, which is not installed{hint}")
 
 
 def missing_requirements(name: str) -> str | None:

@@ -7,6 +7,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from edifice.blocks.kv_cache import DynamicKVCache, StaticKVCache
+from edifice.errors import InputError
 
 B, HK, D = 2, 3, 4
 
@@ -65,7 +66,11 @@ def test_positions_broadcast_and_default_validity() -> None:
 
 def test_static_overflow_and_bad_shapes_raise() -> None:
     cache = StaticKVCache.empty(B, HK, D, 2)
-    with pytest.raises(ValueError, match="max_len=2"):
+    cache.update(torch.zeros(B, HK, 2, D), torch.zeros(B, HK, 2, D), torch.arange(2))
+    with pytest.raises(InputError, match=r"2 positions cached \+ 1 new > its size max_len=2"):
+        cache.update(torch.zeros(B, HK, 1, D), torch.zeros(B, HK, 1, D), torch.arange(1))
+    cache = StaticKVCache.empty(B, HK, D, 2)
+    with pytest.raises(InputError, match="max_len=2"):
         cache.update(torch.zeros(B, HK, 3, D), torch.zeros(B, HK, 3, D), torch.arange(3))
     with pytest.raises(ValueError, match=r"keys \[2, 3, 1, 4\]"):
         cache.update(torch.zeros(B, HK + 1, 1, D), torch.zeros(B, HK + 1, 1, D), torch.arange(1))

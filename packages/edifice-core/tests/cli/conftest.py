@@ -42,6 +42,23 @@ def plugin_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
+def heavy_plugin_env(plugin_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """``plugin_env`` plus a plugin whose entry-point module imports torch at module level (what not to do).
+
+    The ``torch`` it finds first is a stand-in module on ``PYTHONPATH``: detection only looks at ``sys.modules``, and
+    the ``plugins`` command never touches torch, so the test need not pay for the real import (seconds).
+    """
+    site = tmp_path_factory.mktemp("heavy-site")
+    (site / "torch.py").write_text('"""Stand-in for torch: the test only checks that loading imports it."""\n')
+    (site / "edifice_cli_heavy.py").write_text("import torch  # at module level: every edifice command pays for it\n")
+    dist_info = site / "edifice_cli_heavy-0.0.1.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: edifice-cli-heavy\nVersion: 0.0.1\n")
+    (dist_info / "entry_points.txt").write_text("[edifice]\nheavy = edifice_cli_heavy\n")
+    return {**plugin_env, "PYTHONPATH": os.pathsep.join([str(site), plugin_env["PYTHONPATH"]])}
+
+
+@pytest.fixture(scope="session")
 def warm_flop_counter() -> None:
     """Pay once, in set-up, for the ``torch._dynamo`` import that ``FlopCounterMode`` triggers on first use (1-2 s)."""
     import torch

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 from types import ModuleType
@@ -16,6 +17,7 @@ from edifice.cli.commands.summary import parse_assignment
 from edifice.cli.main import main
 from edifice.cli.output import fmt_count, table
 from edifice.plugins import PluginWarning, get_registry
+from edifice.testing import registered
 
 
 def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -75,7 +77,11 @@ def test_list_json_is_sorted_and_complete(capsys: pytest.CaptureFixture[str], cl
 
 @pytest.mark.parametrize(
     ("family", "message"),
-    [("vision", 'pip install "edifice[vision]"'), ("tset", "unknown family 'tset'"), ("tset", "Did you mean 'test'")],
+    [
+        ("vision", "'vision': it is planned for edifice-vision, which is not released yet"),
+        ("tset", "unknown family 'tset'"),
+        ("tset", "Did you mean 'test'"),
+    ],
 )
 def test_list_unknown_family_exits_2(
     capsys: pytest.CaptureFixture[str], cli_plugin: ModuleType, family: str, message: str
@@ -84,6 +90,20 @@ def test_list_unknown_family_exits_2(
     assert code == 2
     assert out == ""
     assert message in err
+
+
+def test_list_fits_the_terminal_and_wide_keeps_whole_lines(
+    capsys: pytest.CaptureFixture[str], cli_plugin: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "100")
+    _, out, _ = _run(capsys, "list", "--family", "test")
+    assert max(len(line) for line in out.splitlines()) == 100
+    assert out.splitlines()[3].endswith("…")  # tiny_cli_pair's summary, cut
+    _, wide, _ = _run(capsys, "list", "--family", "test", "--wide")
+    assert wide.splitlines()[3].endswith("Returns a prediction and an auxiliary loss.")
+    monkeypatch.delenv("COLUMNS")
+    _, piped, _ = _run(capsys, "list", "--family", "test")  # captured output is no terminal: whole lines
+    assert piped == wide
 
 
 # -- info ------------------------------------------------------------------------------------------------------------
@@ -132,6 +152,21 @@ def test_info_unknown_architecture_exits_2(capsys: pytest.CaptureFixture[str], c
     assert err.startswith("edifice info: error: unknown architecture 'tiny_clj'. Did you mean 'tiny_cli'")
 
 
+@pytest.mark.parametrize("command", ["info", "summary"])
+def test_a_missing_config_module_is_one_line_naming_plugin_and_path(
+    capsys: pytest.CaptureFixture[str], cli_plugin: ModuleType, command: str
+) -> None:
+    spec = dataclasses.replace(cli_plugin.TINY, name="tiny_cli_lost", config="cli_fixture_gone:TinyCliConfig")
+    with registered(spec, name="cli-lost"):
+        code, out, err = _run(capsys, command, "tiny_cli_lost")
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1
+    assert err.startswith(
+        f"edifice {command}: error: tiny_cli_lost: plugin 'cli-lost' (edifice-cli-fixture) gives the config path "
+        "'cli_fixture_gone:TinyCliConfig', which cannot be imported: ModuleNotFoundError: No module named"
+    )
+
+
 # -- plugins ---------------------------------------------------------------------------------------------------------
 class _Broken:
     @hookimpl
@@ -152,8 +187,8 @@ def test_plugins_table_and_json_show_status_counts_and_errors(
         registry.unregister_plugin("cli-broken")
     assert code == 0
     rows = {line.split()[0]: " ".join(line.split()) for line in out.splitlines()[1:]}
-    assert rows["cli-fixture"] == "cli-fixture loaded edifice-cli-fixture 0.0.1 3 0 0 0 -"
-    assert rows["cli-broken"].startswith("cli-broken failed - - 0 0 0 0 RuntimeError: cannot register")
+    assert rows["cli-fixture"] == "cli-fixture loaded edifice-cli-fixture 0.0.1 3 0 0 0 - -"  # in-process: no load time
+    assert rows["cli-broken"].startswith("cli-broken failed - - 0 0 0 0 - RuntimeError: cannot register")
     assert records["cli-fixture"]["architectures"] == ["tiny_cli", "tiny_cli_pair", "tiny_cli_needy"]
     assert records["cli-broken"]["status"] == "failed"
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
 import pytest
+
+from edifice.cli.commands.plugins import TORCH_NOTE
 
 # Runs ``python -m edifice ARGS`` (through runpy, exactly as -m does) and then reports the heavy modules loaded.
 _RUN_AND_REPORT = """
@@ -60,6 +63,15 @@ def test_entry_point_plugins_are_listed_with_failures(plugin_env: dict[str, str]
     assert "failed to load" in result.stderr  # the warning reaches the user
 
 
+def test_plugins_reports_load_times_and_flags_a_plugin_that_imports_torch(heavy_plugin_env: dict[str, str]) -> None:
+    result = _run(["plugins"], heavy_plugin_env, module=True)
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
+    assert TORCH_NOTE in rows["heavy"]
+    assert "torch" not in rows["cli-fixture"]
+    assert re.search(r" \d+ ms ", rows["cli-fixture"])  # loaded from its entry point, so timed
+
+
 def test_plugin_command_runs_from_the_entry_point(plugin_env: dict[str, str]) -> None:
     result = _run(["hello", "--who", "edifice"], plugin_env, module=True)
     assert (result.returncode, result.stdout) == (0, "hello edifice\n")
@@ -69,7 +81,7 @@ def test_plugin_command_runs_from_the_entry_point(plugin_env: dict[str, str]) ->
     ("args", "message"),
     [
         (["info", "no_such_net"], "edifice info: error: unknown architecture 'no_such_net'"),
-        (["info", "densenet"], 'pip install "edifice[vision]"'),
+        (["info", "densenet"], "planned for edifice-vision, which is not released yet"),
         (["boom"], "edifice boom: error: boom: field 'x' is wrong"),
     ],
 )

@@ -19,6 +19,7 @@ from edifice.catalogue import BLOCK_PROVIDERS
 from edifice.errors import InputError, PluginError
 from edifice.plugins import PluginWarning, get_registry, load_object
 from edifice.registry import missing_requirements
+from edifice.testing import registered
 
 MODULE = "edifice_core_registry_toy"
 
@@ -143,10 +144,10 @@ def test_config_errors(toy: None) -> None:
 def test_unknown_architecture_hints(toy: None) -> None:
     with pytest.raises(UnknownArchitecture, match="Did you mean 'toy_mlp'"):
         edifice.build("toy_mpl")
-    with pytest.raises(
-        UnknownArchitecture, match=r'edifice-vision, which is not installed: pip install "edifice\[vision\]"'
-    ):
-        edifice.config("densenet")
+    with pytest.raises(UnknownArchitecture, match=r"'densenet' \(.*\): it is planned for edifice-vision, which is not"):
+        edifice.config("densenet")  # a catalogue entry of a distribution the meta package has no extra for
+    with pytest.raises(UnknownArchitecture, match=r"^unknown architecture 'Toy_Fixed'\. Did you mean 'toy_fixed'"):
+        edifice.build("Toy_Fixed")  # the same name but for case comes first
     with pytest.raises(KeyError):
         edifice.get_spec("zzzz_nothing_like_it")
     with pytest.raises(TypeError, match="must be a str"):
@@ -155,10 +156,10 @@ def test_unknown_architecture_hints(toy: None) -> None:
 
 
 def test_requirements(toy: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(BLOCK_PROVIDERS, "vision_stem", "edifice-vision")  # a provider that is not installed
-    with pytest.raises(MissingDependency, match=r'block \'vision_stem\'.*pip install "edifice\[vision\]"'):
+    monkeypatch.setitem(BLOCK_PROVIDERS, "vision_stem", "edifice-vision")  # a provider that is not released
+    with pytest.raises(MissingDependency, match=r"block 'vision_stem'.*planned for edifice-vision, which is not rel"):
         edifice.build("toy_needs_block")
-    with pytest.raises(MissingDependency, match=r"architecture 'densenet'.*edifice\[vision\]"):
+    with pytest.raises(MissingDependency, match=r"architecture 'densenet'.*planned for edifice-vision"):
         edifice.build("toy_needs_arch")
     message = missing_requirements("toy_needs_unknown")
     assert message is not None and "nonexistent" in message and "Install" not in message
@@ -229,7 +230,9 @@ def test_duplicate_and_invalid_registrations(toy: None) -> None:
 
     with pytest.warns(PluginWarning, match="already registered by 'toy-core-tests'"):
         record = registry.register_plugin(Duplicate(), "dup")
-    assert record.status == "failed" and "replace=True" in (record.error or "")
+    # Only the clashing item is skipped: the plugin itself loads, and the record says what it lost and why.
+    assert (record.status, record.architectures) == ("loaded", [])
+    assert "replace=True" in record.conflicts[0] and "'dup'" in record.conflicts[0]
     assert registry.owner("architectures", "toy_mlp") == "toy-core-tests"
 
     class Replacing:
@@ -347,3 +350,137 @@ def test_collect_specs_reads_every_module_in_order(tmp_path: Any, monkeypatch: p
     monkeypatch.syspath_prepend(str(tmp_path))
     assert collect_specs("family_cfgs_pkg") == ["a", "b1", "b2"]
     assert collect_specs("family_cfgs_pkg", "BLOCKS") == ["blk"]
+
+
+# -- name clashes between plugins ------------------------------------------------------------------------------------
+class _Claims:
+    """A plugin registering ``toy_claimed`` (with ``replace``) under a distribution given at registration."""
+
+    def __init__(self, summary: str, *, replace: bool = False) -> None:
+        self.summary, self.replace = summary, replace
+
+    @edifice.hookimpl
+    def register_architectures(self, register: Callable[..., None]) -> None:
+        register(_spec("toy_claimed", summary=self.summary), replace=self.replace)
+        register(_spec(f"toy_only_{self.summary}"))
+
+
+_FIRST_PARTY, _THIRD_PARTY = "edifice-ssm", "edifice-foo"  # a catalogue distribution, and one of nobody's
+
+
+@pytest.mark.parametrize("first_party_loads_first", [True, False])
+def test_a_clash_skips_only_the_item_and_the_first_party_keeps_its_name(
+    toy: None, first_party_loads_first: bool
+) -> None:
+    registry = get_registry()
+    order = [("ours", _FIRST_PARTY), ("theirs", _THIRD_PARTY)]
+    if not first_party_loads_first:
+        order.reverse()
+    try:
+        with pytest.warns(PluginWarning, match=r"'toy_claimed' is registered by both .*'ours'") as caught:
+            records = {name: registry.register_plugin(_Claims(name), name, distribution=dist) for name, dist in order}
+        assert edifice.get_spec("toy_claimed").summary == "ours"  # whatever the order
+        assert registry.owner("architectures", "toy_claimed") == "ours"
+        # Each plugin keeps everything else it registered; the loser's record says what it lost, naming both.
+        assert {r.status for r in records.values()} == {"loaded"}
+        assert sorted(records["ours"].architectures) == ["toy_claimed", "toy_only_ours"]
+        assert records["theirs"].architectures == ["toy_only_theirs"]
+        assert "toy_only_theirs" in edifice.list_architectures()
+        (conflict,) = records["theirs"].conflicts
+        assert f"'theirs' ({_THIRD_PARTY})" in conflict and f"'ours' ({_FIRST_PARTY})" in conflict
+        assert not records["ours"].conflicts
+        assert len(caught) == 1
+    finally:
+        registry.unregister_plugin("ours")
+        registry.unregister_plugin("theirs")
+
+
+def test_between_third_parties_the_first_loaded_keeps_it_and_replace_overrides(toy: None) -> None:
+    registry = get_registry()
+    try:
+        registry.register_plugin(_Claims("first"), "first", distribution=_THIRD_PARTY)
+        with pytest.warns(PluginWarning, match="already registered by 'first', which keeps it"):
+            registry.register_plugin(_Claims("second"), "second", distribution="edifice-bar")
+        assert edifice.get_spec("toy_claimed").summary == "first"
+        # replace=True is the explicit override: it wins without a warning, even over a first-party name ...
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            registry.register_plugin(_Claims("override", replace=True), "override", distribution=_THIRD_PARTY)
+            assert edifice.get_spec("toy_claimed").summary == "override"
+            # ... and keeps it against a first-party plugin that loads after it.
+            late = registry.register_plugin(_Claims("late"), "late", distribution=_FIRST_PARTY)
+        assert edifice.get_spec("toy_claimed").summary == "override"
+        assert "registered it with replace=True" in late.conflicts[0]
+        assert "toy_claimed" not in registry.records["first"].architectures  # dropped from the displaced record
+    finally:
+        for name in ("first", "second", "override", "late"):
+            registry.unregister_plugin(name)
+
+
+def test_a_clash_is_fatal_in_strict_mode(toy: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDIFICE_STRICT_PLUGINS", "1")
+    registry = get_registry()
+    try:
+        registry.register_plugin(_Claims("first"), "first", distribution=_THIRD_PARTY)
+        with pytest.raises(PluginError, match="'toy_claimed' is registered by both"):
+            registry.register_plugin(_Claims("second"), "second", distribution=_THIRD_PARTY)
+        assert "toy_only_second" not in edifice.list_architectures()
+    finally:
+        registry.unregister_plugin("first")
+        registry.unregister_plugin("second")
+
+
+# -- hook names, broken paths ----------------------------------------------------------------------------------------
+class _Misspelt:
+    @edifice.hookimpl
+    def register_architecture(self, register: Callable[..., None]) -> None:
+        register(_spec("toy_misspelt"))
+
+    @edifice.hookimpl(optionalhook=True)
+    def register_tasks(self, register: Callable[..., None]) -> None:
+        """An optional hook of a newer core: accepted without a spec."""
+
+
+def test_an_unknown_hook_name_fails_the_plugin_and_is_named() -> None:
+    registry = get_registry()
+    with pytest.warns(PluginWarning, match=r"unknown hook register_architecture\. Did you mean 'register_architect"):
+        record = registry.register_plugin(_Misspelt(), "misspelt")
+    try:
+        assert record.status == "failed"
+        assert "register_tasks" not in (record.error or "")  # optionalhook=True is accepted
+        assert "toy_misspelt" not in edifice.list_architectures()
+    finally:
+        registry.unregister_plugin("misspelt")
+
+
+@pytest.mark.parametrize(
+    ("kind", "path", "call"),
+    [
+        ("config", "edifice_no_such_module.configs:Cfg", edifice.info),
+        ("model", f"{MODULE}:NoSuchModel", edifice.build),
+    ],
+)
+def test_a_broken_config_or_model_path_names_the_plugin_and_the_path(
+    toy: None, kind: str, path: str, call: Callable[[str], Any]
+) -> None:
+    expected = rf"^toy_broken_path: plugin 'broken-paths' .* {kind} path '{path}'"
+    spec = _spec("toy_broken_path", **{kind: path})
+    with registered(spec, name="broken-paths"), pytest.raises(PluginError, match=expected):
+        call("toy_broken_path")
+
+
+def test_input_ids_without_a_vocabulary_says_which_inputs_this_config_takes() -> None:
+    spec = _spec(
+        "toy_tokens",
+        inputs={
+            "x": TensorSpec(("B", "T", "d_in"), when="mode == 'plain'"),
+            "input_ids": TensorSpec(("B", "T"), "int64", "int[0, 8)", when="mode == 'tokens'"),
+        },
+    )
+    model = ToyModel(ToyConfig(arch="toy_tokens"))
+    with registered(spec), pytest.raises(InputError) as caught:
+        model.check_inputs(input_ids=torch.zeros(2, 3, dtype=torch.long))
+    assert str(caught.value) == (
+        "toy_tokens: input 'input_ids' is taken only when mode == 'tokens', and this model was built with "
+        "mode='plain'; it takes x [B, T, 4]"
+    )

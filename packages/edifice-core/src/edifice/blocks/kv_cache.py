@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from edifice.errors import InputError
 from edifice.outputs import model_output
 
 __all__ = ["DynamicKVCache", "KVCache", "SlidingWindowKVCache", "StaticKVCache"]
@@ -168,9 +169,10 @@ class StaticKVCache(KVCache):
         if self.length.device.type == "cpu" and not torch.compiler.is_compiling():
             written = int(self.length)
             if written + t > self.max_len:
-                raise ValueError(
-                    f"StaticKVCache overflow: {written} slots written + {t} new > max_len={self.max_len}; "
-                    "pass a larger max_len to init_state"
+                # An InputError: the caller stepped more positions than the state it built holds.
+                raise InputError(
+                    f"static KV cache overflow: {written} positions cached + {t} new > its size max_len="
+                    f"{self.max_len}; pass a larger max_len to init_state (or max_len=None for a growing cache)"
                 )
         index = self.length + torch.arange(t, device=keys.device)  # (t,)
         self.keys.index_copy_(2, index, keys.to(self.keys.dtype))

@@ -3,16 +3,50 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-__all__ = ["fmt_count", "fmt_shape", "key_values", "section", "table", "to_json"]
+__all__ = ["fmt_count", "fmt_shape", "key_values", "section", "table", "terminal_width", "to_json"]
+
+#: The last column of a fitted table keeps at least this many characters, however narrow the terminal.
+_MIN_LAST_COLUMN = 16
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, right: Iterable[int] = (), indent: str = "") -> str:
-    """Align ``rows`` under ``headers`` in columns two spaces apart; columns in ``right`` are right-aligned."""
+def terminal_width() -> int | None:
+    """The width to fit tables to: ``$COLUMNS`` if set, else the terminal's; ``None`` when output is not a terminal.
+
+    Piped output (``edifice list | grep ssm``) keeps every line whole, as ``ls`` and ``git`` do.
+    """
+    if os.environ.get("COLUMNS", "").isdigit():
+        return int(os.environ["COLUMNS"])
+    if sys.stdout.isatty():
+        return shutil.get_terminal_size().columns
+    return None
+
+
+def table(
+    headers: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    *,
+    right: Iterable[int] = (),
+    indent: str = "",
+    width: int | None = None,
+) -> str:
+    """Align ``rows`` under ``headers`` in columns two spaces apart; columns in ``right`` are right-aligned.
+
+    With ``width``, cells of the last column are shortened (ending in ``…``) so that lines fit in ``width``.
+    """
     cells = [[str(h) for h in headers]] + [[_cell(v) for v in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    if width is not None:
+        room = width - len(indent) - sum(widths[:-1]) - 2 * (len(widths) - 1)
+        widths[-1] = min(widths[-1], max(room, _MIN_LAST_COLUMN))
+        for row in cells:
+            if len(row[-1]) > widths[-1]:
+                row[-1] = row[-1][: widths[-1] - 1].rstrip() + "…"
     right_aligned = set(right)
     lines = []
     for row in cells:

@@ -80,8 +80,8 @@ def _default_name(plugin: Any) -> str:
 def registered(*items: Any, name: str | None = None) -> Iterator[PluginRecord]:
     """Register a plugin object, or a plugin made of spec items, for the ``with`` block; unregister it after.
 
-    Raises :class:`~edifice.errors.PluginError` (with the plugin's error) when registration fails, e.g. on a
-    duplicate name.
+    Raises :class:`~edifice.errors.PluginError` (with the plugin's error) when registration fails or when a name
+    it registers is already taken (the registry would skip just that item; a test wants to know).
     """
     if len(items) == 1 and not isinstance(items[0], _Item):
         plugin = items[0]
@@ -94,6 +94,8 @@ def registered(*items: Any, name: str | None = None) -> Iterator[PluginRecord]:
     try:
         if record.status != "loaded":
             raise PluginError(f"test plugin {name!r} failed to register: {record.error}")
+        if record.conflicts:
+            raise PluginError(f"test plugin {name!r} failed to register: {'; '.join(record.conflicts)}")
         yield record
     finally:
         registry.unregister_plugin(name)

@@ -8,8 +8,8 @@ from typing import Any
 from edifice._text import did_you_mean
 from edifice.catalogue import catalogue
 from edifice.cli.commands import Command, UsageError
-from edifice.cli.output import table, to_json
-from edifice.registry import families, get_spec, list_architectures
+from edifice.cli.output import table, terminal_width, to_json
+from edifice.registry import families, get_spec, list_architectures, why_absent
 from edifice.spec import ArchSpec
 
 __all__ = ["COMMAND", "flag_summary"]
@@ -38,17 +38,16 @@ def flag_summary(spec: ArchSpec) -> str:
 def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--family", metavar="F", help="only architectures of family F")
     parser.add_argument("--pattern", metavar="GLOB", help="only names matching GLOB, e.g. 'mamba*'")
+    parser.add_argument("--wide", action="store_true", help="print whole summaries, however wide the terminal")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
 def _check_family(family: str) -> None:
     if family in families():
         return
-    planned = {entry.family for entry in catalogue().values()}
+    planned = {entry.family: entry.distribution for entry in catalogue().values()}
     if family in planned:
-        raise UsageError(
-            f'no installed architecture belongs to family {family!r}; install it with: pip install "edifice[{family}]"'
-        )
+        raise UsageError(f"no installed architecture belongs to family {family!r}: {why_absent(planned[family])}")
     raise UsageError(
         f"unknown family {family!r}. Installed families: {', '.join(families()) or 'none'}."
         + did_you_mean(family, {*families(), *planned})
@@ -74,7 +73,8 @@ def _run(args: argparse.Namespace) -> int:
         print(to_json([_entry(spec) for spec in specs]))
         return 0
     rows = [(s.name, s.family, s.distribution, flag_summary(s), s.summary) for s in specs]
-    print(table(("NAME", "FAMILY", "DISTRIBUTION", "FLAGS", "SUMMARY"), rows))
+    width = None if args.wide else terminal_width()
+    print(table(("NAME", "FAMILY", "DISTRIBUTION", "FLAGS", "SUMMARY"), rows, width=width))
     return 0
 
 
