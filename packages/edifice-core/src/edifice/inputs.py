@@ -70,6 +70,7 @@ def validate_inputs(spec: ArchSpec, config: ArchConfig, inputs: Mapping[str, Any
     name = spec.name
     env = _env(config)
     specs = active_specs(spec.inputs, config)
+    _check_inactive(spec, config, specs, inputs)
     bound: dict[str, int] = {}
     present: list[tuple[str, TensorSpec, torch.Tensor]] = []
     for key, ts in specs.items():
@@ -106,6 +107,29 @@ def validate_inputs(spec: ArchSpec, config: ArchConfig, inputs: Mapping[str, Any
             raise InputError(f"{name}: input '{key}' expected dtype {_dtype_words(ts)}, got {_short(value.dtype)}")
         _check_domain(name, key, ts, value, {**env, **bound})
     return bound
+
+
+def _check_inactive(
+    spec: ArchSpec, config: ArchConfig, active: Mapping[str, TensorSpec], inputs: Mapping[str, Any]
+) -> None:
+    """Raise when an input the spec declares only under another config is given (``input_ids`` without a vocabulary).
+
+    Names the condition the input needs, the config's values it depends on, and the inputs this config takes.
+    """
+    for key, value in inputs.items():
+        ts = spec.inputs.get(key)
+        if value is None or key in active or ts is None or ts.when is None:
+            continue
+        env = _env(config)
+        depends = ", ".join(f"{n}={env[n]!r}" for n in sorted(names_in(ts.when) & set(env)))
+        takes = ", ".join(
+            f"{name} [{', '.join(map(str, resolve_shape_pattern(other, env)))}]" + (" (optional)" * other.optional)
+            for name, other in active.items()
+        )
+        raise InputError(
+            f"{spec.name}: input '{key}' is taken only when {ts.when}, and this model was built with {depends}; "
+            f"it takes {takes or 'no inputs'}"
+        )
 
 
 def _shape_error(
