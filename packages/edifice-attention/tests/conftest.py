@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 import torch
 
+from edifice.testing import redraw_parameters
+
 transformers = pytest.importorskip("transformers")
 # transformers imports model classes lazily (seconds each); resolve them once at collection, not in a timed test.
 LlamaConfig, LlamaForCausalLM = transformers.LlamaConfig, transformers.LlamaForCausalLM
@@ -32,12 +34,9 @@ def _tiny(config_cls: Any, model_cls: Any, seed: int, **overrides: Any) -> Any:
     config._attn_implementation = "eager"
     torch.manual_seed(seed)
     model = model_cls(config).eval()
-    # transformers initialises norm gains to one; random gains make the norms' weights observable.
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.uniform_(0.5, 1.5)
-    return model
+    # transformers initialises norm gains to one, biases to zero and weights to N(0, 0.02): noise on every parameter
+    # makes each of them (and the positions' effect on the logits) observable.
+    return redraw_parameters(model, seed=seed)
 
 
 @pytest.fixture

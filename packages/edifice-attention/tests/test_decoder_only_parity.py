@@ -31,6 +31,13 @@ ROPE_VARIANTS: dict[str, dict[str, Any]] = {
     "default": {"rope_type": "default", "rope_theta": 10000.0},
     "linear": {"rope_type": "linear", "factor": 2.0, "rope_theta": 500.0},
     "dynamic": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 500.0},
+    # transformers' dynamic scaling grows from max_position_embeddings whatever original_max_position_embeddings says.
+    "dynamic-original": {
+        "rope_type": "dynamic",
+        "factor": 2.0,
+        "original_max_position_embeddings": 4,
+        "rope_theta": 500.0,
+    },
     "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8, "rope_theta": 500.0},
     "llama3": {
         "rope_type": "llama3",

@@ -67,8 +67,9 @@ def _rope_fields(hf: Any, head_dim: int) -> dict[str, Any]:
         fields["rotary_dim"] = int(head_dim * fraction)
     if kind != "default":
         if kind == "dynamic":
-            # transformers' dynamic NTK grows past max_position_embeddings, which plays the original length's role.
-            params.setdefault("original_max_position_embeddings", _get(hf, "max_position_embeddings"))
+            # transformers' dynamic NTK grows past max_position_embeddings, which plays the original length's role
+            # even where rope_parameters also name an original_max_position_embeddings (that one it ignores).
+            params["original_max_position_embeddings"] = _get(hf, "max_position_embeddings")
         fields["rope_scaling"] = {"kind": kind, **{k: v for k, v in params.items() if v is not None}}
     return fields
 
