@@ -25,6 +25,8 @@ __all__ = [
     "MUTATIONS",
     "circular_long_conv",
     "delta_rule_without_erase",
+    "exclusive_linear_attention",
+    "gated_linear_attention_without_decay",
     "memory_gd_without_update",
     "mimo_ssd_without_decay",
     "mlstm_without_forget",
@@ -129,6 +131,35 @@ def delta_rule_without_erase(
     return o.to(v.dtype), states[:, -1]
 
 
+def exclusive_linear_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor | None = None, **kwargs: Any
+) -> Any:
+    """Linear attention whose query reads the state *before* its own write, ``o_t = S_{t-1}ᵀ q_t``: the causal mask
+    loses its diagonal (the current token's key-value pair), with or without a decay -- so the mutation breaks every
+    caller, including those without decay.
+
+    q, k ``[B, T, H, K]``, v ``[B, T, H, V]``, g ``[B, T, H]`` -> ``(o [B, T, H, V], state [B, H, K, V])``.
+    """
+    from edifice.ops.linear_attention import linear_attention_reference
+
+    o, state = linear_attention_reference(q, k, v, g, **kwargs)
+    scale = kwargs.get("scale") or q.shape[-1] ** -0.5
+    own = (q.float() * k.float()).sum(-1, keepdim=True) * scale * v.float()  # (B, T, H, V): q_tᵀ k_t v_t
+    return (o.float() - own).to(o.dtype), state
+
+
+def gated_linear_attention_without_decay(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, **kwargs: Any
+) -> Any:
+    """Gated linear attention with ``g = 0`` (``α_t = 1``): the state only accumulates, never forgets.
+
+    q, k ``[B, T, H, K]``, v ``[B, T, H, V]``, g ``[B, T, H, K]`` -> ``(o [B, T, H, V], state [B, H, K, V])``.
+    """
+    from edifice.ops.linear_attention import gated_linear_attention_reference
+
+    return gated_linear_attention_reference(q, k, v, torch.zeros_like(g), **kwargs)
+
+
 def ssd_without_decay(
     x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, **kwargs: Any
 ) -> Any:
@@ -210,6 +241,8 @@ MUTATIONS: dict[str, Callable[..., torch.Tensor]] = {
     "mlstm": mlstm_without_forget,
     "delta_rule": delta_rule_without_erase,
     "gated_delta_rule": delta_rule_without_erase,
+    "linear_attention": exclusive_linear_attention,
+    "gated_linear_attention": gated_linear_attention_without_decay,
     "sdpa": unmasked_sdpa,
     "ssd": ssd_without_decay,
     "mimo_ssd": mimo_ssd_without_decay,
