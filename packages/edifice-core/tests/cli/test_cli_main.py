@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from edifice import InputError, hookimpl
-from edifice.cli.commands.summary import parse_assignment
+from edifice.cli.commands.summary import parse_assignment, summarize
 from edifice.cli.main import main
 from edifice.cli.output import fmt_count, table
 from edifice.plugins import PluginWarning, get_registry
@@ -195,6 +195,14 @@ def test_plugins_table_and_json_show_status_counts_and_errors(
 
 # -- summary ---------------------------------------------------------------------------------------------------------
 needs_flop_counter = pytest.mark.usefixtures("warm_flop_counter")
+
+
+def test_summary_without_flops_and_with_progress(capsys: pytest.CaptureFixture[str], cli_plugin: ModuleType) -> None:
+    data = _json(capsys, "summary", "tiny_cli", "--no-flops")
+    assert data["flops"] is None and data["parameters"] == _expected(3, 4, 2, 16)["parameters"]
+    steps: list[str] = []
+    summarize("tiny_cli", flops=False, progress=steps.append)
+    assert steps == ["importing torch", "building tiny_cli"]  # the FLOP count (the slow step) is announced when run
 
 
 def _expected(d_in: int, d_model: int, d_out: int, tokens: int) -> dict[str, int]:
