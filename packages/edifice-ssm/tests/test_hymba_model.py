@@ -128,7 +128,73 @@ def test_initialisation() -> None:
         assert bool(((dt >= 0.001 * (1 - 1e-4)) & (dt <= 0.1 * (1 + 1e-4))).all())
     assert [b.mixer.attn.window for b in model.layers] == [None, None]  # two layers: first and last are global
     deep = edifice.config("hymba", n_layers=8)
-    assert [deep.layer_window(i) for i in range(8)] == [None, 1024, 1024, 1024, None, 1024, 1024, None]
+    assert [deep.layer_window(i) for i in range(8)] == [None, 1024, 1024, None, 1024, 1024, 1024, None]
+    # The released Hymba-1.5B config: global_attn_idx [0, 15, 31] and its kv_reuse_group, pairs of local layers.
+    released = edifice.config("hymba", n_layers=32)
+    assert [i for i in range(32) if released.layer_window(i) is None] == [0, 15, 31]
+    pairs = [(i, i + 1) for i in range(1, 15, 2)] + [(16, 17, 18)] + [(i, i + 1) for i in range(19, 31, 2)]
+    assert released.kv_groups == tuple(pairs)
+
+
+def test_cross_layer_kv_sharing_saves_cache_and_projections_and_decodes_exactly(
+    padding_is_invisible: Callable[[nn.Module], None],
+) -> None:
+    # Layer 0 global; local layers 1, 2, 3 form one group (a run of three): 1 produces, 2 and 3 reuse its keys.
+    options = {"n_layers": 4, "global_layers": (0,), "window": 16}
+    shared, alone = build(**options), build(**options, kv_reuse_groups=())
+    assert shared.config.kv_groups == ((1, 2, 3),) and alone.config.kv_groups == ()
+    assert [b.mixer.attn.k_proj is None for b in shared.layers] == [False, False, True, True]
+    attn = alone.layers[0].mixer.attn
+    kv_params = attn.k_proj.weight.numel() + attn.v_proj.weight.numel()
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(alone) - count(shared) == 2 * kv_params  # two consumers without K/V projections
+    caches = [layer.attn for layer in shared.init_state(2, max_len=8).layers]
+    assert [c is not None for c in caches] == [True, True, False, False]  # 2 KV caches instead of 4
+
+    # A consumer attends to its producer's rotated keys and values (its own queries): checked by hand.
+    seen: dict[int, tuple[Tensor, Tensor]] = {}
+    hooks = [
+        b.mixer.attn.register_forward_hook(lambda m, a, out, i=i: seen.__setitem__(i, (a[0], out[0])))
+        for i, b in enumerate(shared.layers)
+    ]
+    u = inputs(shared, 2, 7)
+    with torch.no_grad():
+        full = call(shared, u)
+    for hook in hooks:
+        hook.remove()
+    producer, consumer = shared.layers[1].mixer.attn, shared.layers[3].mixer.attn
+    x_p, (x_c, y_c) = seen[1][0], seen[3]
+    B, L = x_p.shape[:2]
+    cos, sin = producer.rope(torch.arange(L))
+    q = consumer._heads(consumer.q_proj, x_c, 2, consumer.head_dim)
+    k = producer._heads(producer.k_proj, x_p, 1, producer.head_dim)
+    v = producer._heads(producer.v_proj, x_p, 1, producer.v_head_dim)
+    q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+    scores = (q @ k.transpose(-1, -2)) / consumer.head_dim**0.5  # window 16 > L: causal only
+    scores = scores.masked_fill(torch.ones(L, L, dtype=torch.bool).triu(1), float("-inf"))
+    want = (scores.softmax(-1) @ v).transpose(1, 2).reshape(B, L, -1)
+    assert_close(y_c, want, SCAN, name="consumer attention over the producer's keys")
+
+    with torch.no_grad():  # decoding: the consumers read the producer's cache
+        state = shared.init_state(2, max_len=7)
+        outs = [shared.step(u[:, :3], state)[0]] + [shared.step(u[:, t : t + 1], state)[0] for t in range(3, 7)]
+    assert_close(torch.cat(outs, 1), full, SCAN, name="stepped with shared KV")  # type: ignore[arg-type]
+    padding_is_invisible(shared)
+    shared.train()
+    grads = []
+    for enable in (False, True):  # checkpointed layers recompute; the consumers still reach the producer's K/V
+        shared.zero_grad()
+        shared.set_grad_checkpointing(enable)
+        call(shared, u).square().sum().backward()
+        grads.append([p.grad.clone() for p in shared.parameters() if p.grad is not None])
+    assert len(grads[0]) == len(list(shared.parameters()))
+    for a, b in zip(*grads, strict=True):
+        assert_close(a, b, SCAN, name="checkpointed gradients")
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat([-x[..., half:], x[..., :half]], -1)
 
 
 @pytest.mark.parametrize(
@@ -141,6 +207,8 @@ def test_initialisation() -> None:
         ({"global_layers": (5,)}, "global_layers"),
         ({"n_meta_tokens": -1}, "n_meta_tokens"),
         ({"dt_min": 0.5}, "must be <= dt_max"),
+        ({"kv_reuse_groups": ((0,),)}, "kv_reuse_groups"),
+        ({"kv_reuse_groups": ((0, 1),)}, "kv_reuse_groups"),
     ],
 )
 def test_invalid_configs_raise_config_errors(overrides: dict[str, Any], match: str) -> None:

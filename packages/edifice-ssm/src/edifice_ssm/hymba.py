@@ -5,7 +5,8 @@ same input feeds attention heads (RoPE, grouped-query, no output projection of t
 selective SSM of Mamba-1 with its causal convolution and SiLU gate, no output projection of its own); each branch's
 output is RMS-normalised, rescaled per channel by a learnable ``β``, the two are averaged and projected back by one
 ``W_out``. Learnable meta tokens are prepended to every sequence and seen by every position. Most layers use
-sliding-window attention (meta tokens always visible); the first, middle and last are global.
+sliding-window attention (meta tokens always visible); the first, middle and last are global. Local layers share
+their keys and values in pairs (below).
 
 Paper: Xin Dong, Yonggan Fu, Shizhe Diao, Wonmin Byeon, Zijia Chen, Ameya Sunil Mahabaleshwarkar, Shih-Yang Liu,
 Matthijs Van Keirsbilck, Min-Hung Chen, Yoshi Suhara, Yingyan Lin, Jan Kautz and Pavlo Molchanov, "Hymba: A
@@ -22,9 +23,16 @@ Equations (§2.1, the fused hybrid-head module; written out in ``docs/design/hym
 and ``β_2`` are the gains of the two RMSNorms (initialised to 1); the released code averages (``/ 2``), which the
 paper's sum absorbs into ``β``.
 
+Cross-layer KV sharing (§2.3, after Brandon et al.'s cross-layer attention): the layers of a group
+(``kv_reuse_groups``; by default consecutive local layers in pairs, global layers alone, as the released config's
+``kv_reuse_group``) attend to the keys and values their first layer (the producer) computed -- rotated, and in
+decoding read from the producer's cache. The other layers (consumers) project queries only and keep no KV cache, so
+the cache and the K/V projections shrink by the number of consumers (32 layers: 17 caches instead of 32).
+
 Decoding: a layer's state is its KV cache (``DynamicKVCache``/``StaticKVCache``, ``M`` extra slots for the meta
-tokens) and the Mamba heads' convolution and SSM state. ``init_state`` marks the meta tokens as pending and the first
-``step`` (the prefill) prepends them, so prefill + steps reproduce ``forward`` at every position.
+tokens; none for a consumer) and the Mamba heads' convolution and SSM state. ``init_state`` marks the meta tokens as
+pending and the first ``step`` (the prefill) prepends them, so prefill + steps reproduce ``forward`` at every
+position.
 
 Padding: each row's leading pads are moved in front of the meta tokens before the layers (and back after), so both
 branches see ``[R, x_1, x_2, ...]`` exactly as without padding (attention masks pads; the Mamba heads give them zero
@@ -34,8 +42,8 @@ Initialisation: PyTorch's default for the projections, Mamba's own for the SSM h
 ``Δ``, ``D = 1``), unit norm gains (``β = 1``), meta tokens ``N(0, 1)`` (the released code's ``torch.randn``), the
 token embedding ``N(0, init_std^2)``.
 
-Deviations: no cross-layer KV sharing (every layer has its own K/V); no extra RMSNorms on Δ/B/C inside the Mamba
-heads (an option of the released code the paper does not describe).
+Deviations: no extra RMSNorms on Δ/B/C inside the Mamba heads (an option of the released code the paper does not
+describe).
 """
 
 from __future__ import annotations
@@ -67,8 +75,9 @@ __all__ = ["Hymba", "HymbaAttention", "HymbaMixer", "HymbaMixerState", "HymbaSSM
 class HymbaMixerState:
     """Decoding state of one :class:`HymbaMixer`: the attention heads' KV cache and the Mamba heads' state."""
 
-    attn: KVCache
-    """Keys ``[B, Hk, L, d_k]`` and values ``[B, Hk, L, d_inner / n_heads]`` of every position so far."""
+    attn: KVCache | None
+    """Keys ``[B, Hk, L, d_k]`` and values ``[B, Hk, L, d_inner / n_heads]`` so far; None where the layer reuses
+    its group producer's (cross-layer KV sharing)."""
     ssm: MambaState
     """The Mamba heads' convolution inputs and ``[B, d_inner, N]`` SSM state (constant size)."""
 
@@ -82,12 +91,18 @@ class HymbaState(SequenceState):
     """True until the first ``step`` (the prefill) has run the meta tokens through every layer."""
 
 
+#: What a producer layer hands its group: rotated keys ``[B, Hk, L, d_k]``, values ``[B, Hk, L, d_v]``, their
+#: positions ``[L]`` or ``[B, L]`` and validity ``[B, L]`` (or None).
+SharedKV = tuple[Tensor, Tensor, Tensor, Tensor | None]
+
+
 class HymbaAttention(nn.Module):
     """Hymba's attention heads: ``x [B, T, d_model] -> [B, T, n_heads * v_head_dim]``, causal, without ``o_proj``.
 
     Queries and keys have ``head_dim`` features (RoPE), values ``v_head_dim``; ``n_kv_heads`` key/value heads are
     shared by the query heads (GQA). With ``window`` set, a query sees the last ``window`` positions and every key
-    at a position below ``n_meta`` (the meta tokens).
+    at a position below ``n_meta`` (the meta tokens). With ``reuse_kv`` the module has no key/value projections: it
+    attends to the keys and values another layer passes in (cross-layer KV sharing).
     """
 
     def __init__(
@@ -101,6 +116,7 @@ class HymbaAttention(nn.Module):
         window: int | None = None,
         n_meta: int = 0,
         rope_base: float = 10000.0,
+        reuse_kv: bool = False,
     ) -> None:
         super().__init__()
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
@@ -111,16 +127,18 @@ class HymbaAttention(nn.Module):
         if window is not None and window <= 0:
             raise ValueError(f"HymbaAttention: window must be > 0 or None, got {window}")
         self.n_heads, self.n_kv_heads, self.head_dim, self.v_head_dim = n_heads, n_kv_heads, head_dim, v_head_dim
-        self.window, self.n_meta = window, n_meta
+        self.window, self.n_meta, self.reuse_kv = window, n_meta, reuse_kv
         self.q_proj = nn.Linear(d_model, n_heads * head_dim, bias=False)
-        self.k_proj = nn.Linear(d_model, n_kv_heads * head_dim, bias=False)
-        self.v_proj = nn.Linear(d_model, n_kv_heads * v_head_dim, bias=False)
+        # A consumer of shared keys and values builds no projections for them (the released kv_weight_reuse=False).
+        self.k_proj = None if reuse_kv else nn.Linear(d_model, n_kv_heads * head_dim, bias=False)
+        self.v_proj = None if reuse_kv else nn.Linear(d_model, n_kv_heads * v_head_dim, bias=False)
         self.rope = RotaryEmbedding(head_dim, base=rope_base)
 
     def reset_parameters(self) -> None:
         """PyTorch's default ``nn.Linear`` initialisation (as the released code)."""
         for proj in (self.q_proj, self.k_proj, self.v_proj):
-            proj.reset_parameters()
+            if proj is not None:
+                proj.reset_parameters()
 
     def _heads(self, proj: nn.Linear, x: Tensor, heads: int, size: int) -> Tensor:
         B, T, _ = x.shape
@@ -145,22 +163,34 @@ class HymbaAttention(nn.Module):
         mask: Tensor | None = None,
         positions: Tensor | None = None,
         state: KVCache | None = None,
-    ) -> Tensor:
-        """Attend ``x`` to itself (and the cache); ``positions [T]`` or ``[B, T]`` are absolute (default ``0..T-1``)."""
+        shared: SharedKV | None = None,
+    ) -> tuple[Tensor, SharedKV]:
+        """Attend ``x`` to itself (and the cache), or to ``shared`` keys; returns the output and the keys it saw.
+
+        ``positions [T]`` or ``[B, T]`` are absolute (default ``0..T-1``); a ``reuse_kv`` module needs ``shared``
+        (its group producer's keys and values at the same positions) and takes no ``state``.
+        """
         B, T, _ = x.shape
         if state is not None and positions is None:
             raise ValueError("HymbaAttention: positions are required with a KV cache state (the absolute index of x)")
+        if self.reuse_kv != (shared is not None):
+            need = "needs the keys and values of its group's producer" if self.reuse_kv else "computes its own keys"
+            raise ValueError(f"HymbaAttention: this layer {need} (shared=...) ")
         q = self._heads(self.q_proj, x, self.n_heads, self.head_dim)  # (B, Hq, T, d_k)
-        k = self._heads(self.k_proj, x, self.n_kv_heads, self.head_dim)  # (B, Hk, T, d_k)
-        v = self._heads(self.v_proj, x, self.n_kv_heads, self.v_head_dim)  # (B, Hk, T, d_v)
         q_pos = torch.arange(T, device=x.device) if positions is None else positions
         cos, sin = self.rope(q_pos)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if state is None:
-            k_pos, k_valid = q_pos, mask
+        q = apply_rotary(q, cos, sin)
+        if shared is not None:  # cross-layer KV sharing: the producer's rotated keys, its cache in decoding
+            k, v, k_pos, k_valid = shared
         else:
-            state.update(k, v, q_pos, mask)
-            k, v, k_pos, k_valid = state.keys, state.values, state.positions, state.valid  # (B, Hk, L, .), (B, L)
+            assert self.k_proj is not None and self.v_proj is not None
+            k = apply_rotary(self._heads(self.k_proj, x, self.n_kv_heads, self.head_dim), cos, sin)  # (B, Hk, T, d_k)
+            v = self._heads(self.v_proj, x, self.n_kv_heads, self.v_head_dim)  # (B, Hk, T, d_v)
+            if state is None:
+                k_pos, k_valid = q_pos, mask
+            else:
+                state.update(k, v, q_pos, mask)
+                k, v, k_pos, k_valid = state.keys, state.values, state.positions, state.valid  # (B, Hk, L, .), (B, L)
         out = ops.sdpa(
             q,
             k,
@@ -170,7 +200,7 @@ class HymbaAttention(nn.Module):
             q_positions=q_pos,
             k_positions=k_pos,
         )  # (B, Hq, T, d_v)
-        return out.transpose(1, 2).reshape(B, T, self.n_heads * self.v_head_dim)
+        return out.transpose(1, 2).reshape(B, T, self.n_heads * self.v_head_dim), (k, v, k_pos, k_valid)
 
     def init_state(
         self,
@@ -179,9 +209,11 @@ class HymbaAttention(nn.Module):
         max_len: int | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
-    ) -> KVCache:
-        """An empty KV cache: static with ``max_len`` slots, dynamic when ``max_len`` is None."""
-        weight = self.k_proj.weight
+    ) -> KVCache | None:
+        """An empty KV cache (static with ``max_len`` slots, else dynamic); None with ``reuse_kv``."""
+        if self.reuse_kv:
+            return None
+        weight = self.q_proj.weight
         device = weight.device if device is None else device
         dtype = weight.dtype if dtype is None else dtype
         sizes = (batch_size, self.n_kv_heads, self.head_dim)
@@ -191,7 +223,8 @@ class HymbaAttention(nn.Module):
 
     def extra_repr(self) -> str:
         window = "global" if self.window is None else f"window={self.window}"
-        return f"heads={self.n_heads}/{self.n_kv_heads}, d_k={self.head_dim}, d_v={self.v_head_dim}, {window}"
+        reuse = ", reuses keys" if self.reuse_kv else ""
+        return f"heads={self.n_heads}/{self.n_kv_heads}, d_k={self.head_dim}, d_v={self.v_head_dim}, {window}{reuse}"
 
 
 class _NoProjection(nn.Identity):
@@ -237,12 +270,16 @@ class HymbaMixer(nn.Module):
         norm_eps: float = 1e-6,
         dt_min: float = 0.001,
         dt_max: float = 0.1,
+        kv_group: int | None = None,
+        reuse_kv: bool = False,
     ) -> None:
         super().__init__()
         d_inner = expand * d_model
         if d_inner % n_heads:
             raise ValueError(f"HymbaMixer: n_heads={n_heads} must divide d_inner={d_inner} (the value heads)")
-        self.d_model, self.d_inner = d_model, d_inner
+        if reuse_kv and kv_group is None:
+            raise ValueError("HymbaMixer: reuse_kv needs the kv_group whose producer's keys this layer reads")
+        self.d_model, self.d_inner, self.kv_group = d_model, d_inner, kv_group
         self.attn = HymbaAttention(
             d_model,
             n_heads,
@@ -252,6 +289,7 @@ class HymbaMixer(nn.Module):
             window=window,
             n_meta=n_meta,
             rope_base=rope_base,
+            reuse_kv=reuse_kv,
         )
         self.ssm = HymbaSSMHeads(
             d_model, d_state=d_state, expand=expand, d_conv=d_conv, dt_rank=dt_rank, dt_min=dt_min, dt_max=dt_max
@@ -272,9 +310,23 @@ class HymbaMixer(nn.Module):
         mask: Tensor | None = None,
         positions: Tensor | None = None,
         state: HymbaMixerState | None = None,
+        shared_kv: dict[int, SharedKV] | None = None,
     ) -> Tensor:
-        """``Y = W_out (β_1 norm(M_att x) + β_2 norm(M_ssm x)) / 2``; ``state`` (both branches') updated in place."""
-        attn = self.attn(x, mask=mask, positions=positions, state=None if state is None else state.attn)  # (B, T, E)
+        """``Y = W_out (β_1 norm(M_att x) + β_2 norm(M_ssm x)) / 2``; ``state`` (both branches') updated in place.
+
+        ``shared_kv`` maps a KV-sharing group to its producer's keys: a producer (``kv_group`` set, no ``reuse_kv``)
+        writes its entry, a consumer reads it; the model passes one fresh dict through its layers per call.
+        """
+        shared = None
+        if self.attn.reuse_kv:
+            if shared_kv is None or self.kv_group not in shared_kv:
+                raise ValueError(f"HymbaMixer: KV group {self.kv_group}'s producer must run first (shared_kv)")
+            shared = shared_kv[self.kv_group]
+        attn, seen = self.attn(
+            x, mask=mask, positions=positions, state=None if state is None else state.attn, shared=shared
+        )  # (B, T, E)
+        if self.kv_group is not None and shared is None and shared_kv is not None:
+            shared_kv[self.kv_group] = seen  # the producer hands its rotated keys (its cache, decoding) to the group
         ssm = self.ssm(x, mask=mask, state=None if state is None else state.ssm)  # (B, T, E)
         return self.out_proj((self.attn_norm(attn) + self.ssm_norm(ssm)) / 2)  # type: ignore[no-any-return]
 
@@ -322,6 +374,8 @@ class Hymba(SequenceBackbone):
             norm_eps=c.norm_eps,
             dt_min=c.dt_min,
             dt_max=c.dt_max,
+            kv_group=next((g for g, group in enumerate(c.kv_groups) if index in group), None),
+            reuse_kv=any(index in group[1:] for group in c.kv_groups),
         )
         ffn = GatedFeedForward(c.d_model, c.ffn_dim, dropout=c.dropout) if c.ffn_dim else None
         return TransformerBlock(c.d_model, mixer, ffn, norm="rmsnorm", norm_eps=c.norm_eps, dropout=c.dropout)
@@ -374,11 +428,12 @@ class Hymba(SequenceBackbone):
             advance = mask.sum(dim=-1)
         aux: Tensor | None = None
         layer_states: list[Any] = [None] * len(self.layers) if state is None else state.layers
+        shared: dict[int, Any] = {}  # each KV-sharing group's producer keys, for its consumers (§2.3)
         for layer, layer_state in zip(self.layers, layer_states, strict=True):
             if state is None and self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                out = checkpoint(layer, h, mask=mask, positions=positions, use_reentrant=False)
+                out = checkpoint(layer, h, mask=mask, positions=positions, shared_kv=shared, use_reentrant=False)
             else:
-                out = layer(h, mask=mask, positions=positions, state=layer_state)
+                out = layer(h, mask=mask, positions=positions, state=layer_state, shared_kv=shared)
             h, layer_aux = out if isinstance(out, tuple) else (out, None)
             if layer_aux is not None:
                 aux = layer_aux if aux is None else aux + layer_aux

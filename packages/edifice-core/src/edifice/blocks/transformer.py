@@ -84,13 +84,15 @@ class TransformerBlock(nn.Module):
         state: Any = None,
         context: Tensor | None = None,
         context_mask: Tensor | None = None,
+        **mixer_kwargs: Any,
     ) -> tuple[Tensor, Tensor | None]:
         """``x [B, T, d_model]`` -> ``(y, aux_loss or None)``; ``state`` is the mixer's, updated in place.
 
-        ``mask``/``positions``/``state`` go to the mixer; ``context [B, S, d_context]`` and ``context_mask [B, S]``
-        to the cross-attention (required when the block has one).
+        ``mask``/``positions``/``state`` and any further keywords (a mixer's own, e.g. keys shared across layers) go
+        to the mixer; ``context [B, S, d_context]`` and ``context_mask [B, S]`` to the cross-attention (required when
+        the block has one).
         """
-        out = self.mixer(self._input(x, self.mixer_norm), mask=mask, positions=positions, state=state)
+        out = self.mixer(self._input(x, self.mixer_norm), mask=mask, positions=positions, state=state, **mixer_kwargs)
         x = self._output(x, out, self.mixer_norm)
         if self.cross_attn is not None and self.cross_norm is not None:
             if context is None:

@@ -38,7 +38,15 @@ class HymbaConfig(SequenceConfig):
     n_meta_tokens: int = field(128, "Learnable meta tokens prepended to every sequence (0 disables them).")
     window: int | None = field(1024, "Sliding window of the local attention layers; None makes every layer global.")
     global_layers: tuple[int, ...] | None = field(
-        None, "Layers with global attention; None means the first, middle and last layer (the paper's choice)."
+        None,
+        "Layers with global attention; None means the first, middle ((n_layers - 1) // 2) and last layer (the "
+        "paper's choice; the released 32-layer config's [0, 15, 31]).",
+    )
+    kv_reuse_groups: tuple[tuple[int, ...], ...] | None = field(
+        None,
+        "Cross-layer KV sharing (§2.3): groups of layers whose first computes the keys/values that the others reuse "
+        "(they project queries only and keep no cache); None means consecutive local layers in pairs, a run of odd "
+        "length opening with a group of three, global layers alone (the released config); () shares nothing.",
     )
     d_ff: int | None = field(None, "Hidden size of the SwiGLU MLP; None means 4 * d_model; 0 removes the MLP.")
     rope_base: float = field(10000.0, "Base of the rotary position embedding of the attention heads.")
@@ -61,6 +69,8 @@ class HymbaConfig(SequenceConfig):
         super().validate()
         self.check_positive("n_heads", "n_kv_heads", "head_dim", "expand", "d_state", "d_conv", "dt_rank", "window")
         self.check_positive("rope_base", "norm_eps", "dt_min", "dt_max", "init_std")
+        if not self.rope_base > 1:
+            self.fail("rope_base", "must be > 1 (RoPE's frequencies base^(-2i/d) must decrease)")
         self.check_positive("n_meta_tokens", "d_ff", allow_zero=True)
         if self.head_dim is None:
             self.check_divides("n_heads", "d_model")
@@ -73,6 +83,13 @@ class HymbaConfig(SequenceConfig):
         for index in self.global_layers or ():
             if not 0 <= index < self.n_layers:
                 self.fail("global_layers", f"must hold layer indices in [0, n_layers={self.n_layers})")
+        seen: set[int] = set()
+        for group in self.kv_reuse_groups or ():
+            if len(group) < 2 or list(group) != sorted(set(group)):
+                self.fail("kv_reuse_groups", f"each group must list >= 2 increasing layer indices, got {group}")
+            if not all(0 <= index < self.n_layers for index in group) or seen & set(group):
+                self.fail("kv_reuse_groups", f"must hold disjoint layer indices in [0, n_layers={self.n_layers})")
+            seen |= set(group)
         if self.dt_min > self.dt_max:
             self.fail("dt_min", f"must be <= dt_max={self.dt_max}")
 
@@ -102,8 +119,26 @@ class HymbaConfig(SequenceConfig):
             return None
         chosen = self.global_layers
         if chosen is None:
-            chosen = (0, self.n_layers // 2, self.n_layers - 1)
+            chosen = (0, (self.n_layers - 1) // 2, self.n_layers - 1)
         return None if index in chosen else self.window
+
+    @property
+    def kv_groups(self) -> tuple[tuple[int, ...], ...]:
+        """The resolved KV-sharing groups: ``kv_reuse_groups``, or the released config's rule (field doc)."""
+        if self.kv_reuse_groups is not None:
+            return self.kv_reuse_groups
+        groups: list[tuple[int, ...]] = []
+        run: list[int] = []  # consecutive local layers
+        for index in [*range(self.n_layers), None]:
+            if index is not None and self.layer_window(index) is not None:
+                run.append(index)
+                continue
+            if len(run) >= 2:
+                first = 3 if len(run) % 2 else 2  # [16, 17, 18] in the released 32-layer config
+                groups.append(tuple(run[:first]))
+                groups += [tuple(run[i : i + 2]) for i in range(first, len(run), 2)]
+            run = []
+        return tuple(groups)
 
 
 SPECS = (
