@@ -1,6 +1,7 @@
 """Plugin discovery through the `edifice` entry-point group, with the test distributions of tests/plugins/.
 
-``edifice-toy`` registers one architecture as a third party would; ``edifice-broken``'s entry point raises on import.
+``edifice-toy`` registers one architecture as a third party would; ``edifice-broken``'s entry point raises on import;
+``edifice-rogue`` registers ``mamba``, which edifice-ssm owns, under an entry-point name that loads first.
 The nox `tests` session installs both and sets ``EDIFICE_TEST_PLUGINS=1``; elsewhere these tests skip, unless that
 variable is set, in which case a missing test plugin is a failure.
 """
@@ -21,9 +22,9 @@ import edifice
 from edifice.errors import PluginError
 from edifice.plugins import PluginWarning, Registry
 
-TOY, BROKEN = "edifice-toy", "edifice-broken"
+TOY, BROKEN, ROGUE = "edifice-toy", "edifice-broken", "edifice-rogue"
 #: Entry-point names (what plugin records and EDIFICE_LOAD_PLUGINS use).
-TOY_EP, BROKEN_EP = "toy", "broken_on_import"
+TOY_EP, BROKEN_EP, ROGUE_EP = "toy", "broken_on_import", "mamba_plus"
 BROKEN_MESSAGE = "RuntimeError: edifice-broken fails on import on purpose"
 
 
@@ -35,7 +36,7 @@ def _installed(distribution: str) -> bool:
     return True
 
 
-_MISSING = [d for d in (TOY, BROKEN) if not _installed(d)]
+_MISSING = [d for d in (TOY, BROKEN, ROGUE) if not _installed(d)]
 if _MISSING:
     _WHY = f"{', '.join(_MISSING)} not installed (the nox `tests` session installs tests/plugins/edifice-*)"
     if os.environ.get("EDIFICE_TEST_PLUGINS"):
@@ -133,3 +134,22 @@ def test_an_empty_load_plugins_loads_none(monkeypatch: pytest.MonkeyPatch) -> No
     registry.ensure_loaded()
     assert {r.status for r in registry.records.values()} == {"skipped"}
     assert dict(registry.items("architectures")) == {}
+
+
+@pytest.mark.skipif(not _installed("edifice-ssm"), reason="the rogue clashes with edifice-ssm, not installed here")
+def test_a_third_party_claiming_a_first_party_name_skips_only_that_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    # mamba_plus loads before ssm (sorted entry-point names); the first-party family still keeps `mamba`, and neither
+    # plugin fails: before, the whole of edifice-ssm (22 architectures) vanished behind one warning.
+    monkeypatch.setenv("EDIFICE_LOAD_PLUGINS", f"{ROGUE},edifice-ssm")
+    registry = _fresh_registry()
+    with pytest.warns(PluginWarning, match=r"'mamba' is registered by both") as caught:
+        registry.ensure_loaded()
+    ssm, rogue = registry.records["ssm"], registry.records[ROGUE_EP]
+    assert (ssm.status, rogue.status) == ("loaded", "loaded")
+    assert registry.owner("architectures", "mamba") == "ssm"
+    assert registry.items("architectures")["mamba"].distribution == "edifice-ssm"
+    assert sorted(ssm.architectures) == edifice.list_architectures(family="ssm")  # every one of them
+    assert rogue.architectures == []
+    (message,) = [str(w.message) for w in caught if "'mamba'" in str(w.message)]
+    assert f"'{ROGUE_EP}' ({ROGUE})" in message and "'ssm' (edifice-ssm)" in message
+    assert rogue.conflicts == [message.removeprefix("Edifice plugins: ")]

@@ -334,13 +334,13 @@ class Registry:
         both += f" and {self._label(newcomer, record)}"
         if clash.keeps:
             why = "replace=True" if clash.replace else "the first-party family keeps its name"
-            return f"{both}: {newcomer!r} takes it ({why}); {holder!r}'s is dropped"
+            return f"{both}: {newcomer!r} takes it ({why}); the one from {holder!r} is dropped"
         if clash.explicit:
-            return f"{both}: {holder!r} keeps it (it registered it with replace=True); {newcomer!r}'s is skipped"
-        return (
-            f"{both}: it is already registered by {holder!r}, which keeps it (the first-party family keeps its name, "
-            f"otherwise the first loaded; pass replace=True to override on purpose); {newcomer!r}'s is skipped"
-        )
+            why = "it registered it with replace=True"
+        else:
+            why = "already registered: the first-party family keeps its name, otherwise the first loaded; pass "
+            why += "replace=True to override on purpose"
+        return f"{both}: {holder!r} keeps it ({why}); the one from {newcomer!r} is skipped"
 
     def _note_clash(self, clash: _Clash, newcomer: str, record: PluginRecord) -> None:
         """Note a clash in the losing side's record, and warn unless ``replace=True`` asked for it."""

@@ -82,11 +82,11 @@ def test_plugin_cannot_silently_shadow_a_core_block() -> None:
             register("rmsnorm", "torch.nn:LayerNorm")
 
     registry = get_registry()
-    with pytest.warns(PluginWarning, match="already registered by 'edifice-core'"):
+    with pytest.warns(PluginWarning, match="'edifice-core' keeps it \\(already registered"):
         record = registry.register_plugin(Shadow(), "shadow-blocks")
     try:
         assert (record.status, record.blocks) == ("loaded", [])  # only the clashing block is skipped
-        assert "'edifice-core', which keeps it" in record.conflicts[0]
+        assert "'edifice-core' keeps it (already registered" in record.conflicts[0]
         assert blocks.get("rmsnorm") is blocks.RMSNorm
     finally:
         registry.unregister_plugin("shadow-blocks")

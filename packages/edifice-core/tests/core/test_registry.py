@@ -228,7 +228,7 @@ def test_duplicate_and_invalid_registrations(toy: None) -> None:
         def register_architectures(register: Callable[..., None]) -> None:
             register(_spec("toy_mlp"))
 
-    with pytest.warns(PluginWarning, match="already registered by 'toy-core-tests'"):
+    with pytest.warns(PluginWarning, match="'toy-core-tests' keeps it \\(already registered"):
         record = registry.register_plugin(Duplicate(), "dup")
     # Only the clashing item is skipped: the plugin itself loads, and the record says what it lost and why.
     assert (record.status, record.architectures) == ("loaded", [])
@@ -389,7 +389,7 @@ def test_a_clash_skips_only_the_item_and_the_first_party_keeps_its_name(
         (conflict,) = records["theirs"].conflicts
         assert f"'theirs' ({_THIRD_PARTY})" in conflict and f"'ours' ({_FIRST_PARTY})" in conflict
         assert not records["ours"].conflicts
-        assert len(caught) == 1
+        assert len([w for w in caught if "'toy_claimed'" in str(w.message)]) == 1
     finally:
         registry.unregister_plugin("ours")
         registry.unregister_plugin("theirs")
@@ -399,7 +399,7 @@ def test_between_third_parties_the_first_loaded_keeps_it_and_replace_overrides(t
     registry = get_registry()
     try:
         registry.register_plugin(_Claims("first"), "first", distribution=_THIRD_PARTY)
-        with pytest.warns(PluginWarning, match="already registered by 'first', which keeps it"):
+        with pytest.warns(PluginWarning, match="'first' keeps it \\(already registered"):
             registry.register_plugin(_Claims("second"), "second", distribution="edifice-bar")
         assert edifice.get_spec("toy_claimed").summary == "first"
         # replace=True is the explicit override: it wins without a warning, even over a first-party name ...

@@ -1,0 +1,1 @@
+"""Test fixture: a third-party plugin whose ``mamba`` clashes with edifice-ssm's."""
