@@ -32,7 +32,11 @@ Padding: each sequence's valid tokens are moved to the front before the layer (a
 start at its first valid token exactly as without padding; ``step`` skips padded tokens.
 
 Deviations: the reference code's optional ``pre_conv`` residual convolution block is not built; its RoPE pairs
-features as (i, i + D/2) rather than interleaved (equivalent up to a fixed permutation of learned features).
+features as (i, i + D/2) rather than interleaved (equivalent up to a fixed permutation of learned features). The
+default configuration (Mamba backbone: shared q/k with convolutions and the output gate, no ``pre_conv``) therefore
+matches neither released config: ttt-lm-jax's ``*-TTT`` configs add ``pre_conv``, and ttt-lm-pytorch's ``TTTConfig``
+defaults to the Transformer backbone without a gate (``backbone="transformer", output_gate=False`` here); see
+``docs/design/ttt.md``.
 """
 
 from __future__ import annotations
