@@ -80,11 +80,18 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
-@nox.parametrize("distribution", FAMILIES)
+@nox.parametrize("distribution", [*FAMILIES, "edifice"])
 def isolation(session: nox.Session, distribution: str) -> None:
-    """Core plus one family from built wheels: discovery, listing, and a build-and-forward smoke of every entry."""
+    """Core plus one family from built wheels: discovery, listing, and a build-and-forward smoke of every entry.
+
+    ``distribution='edifice'`` (the meta package) tests the README's install route instead: every wheel built with
+    ``uv build --all-packages``, then ``edifice[all]`` installed from that folder through the meta package's extras.
+    """
     wheels = Path(tempfile.mkdtemp(prefix="edifice-wheels-"))
     try:
+        if distribution == "edifice":
+            _install_from_extras(session, wheels)
+            return
         for package in ("edifice-core", distribution):
             session.run(
                 "uv", "build", "--quiet", "--wheel", "--package", package, "--out-dir", str(wheels), external=True
@@ -105,6 +112,21 @@ def isolation(session: nox.Session, distribution: str) -> None:
         )
     finally:
         shutil.rmtree(wheels, ignore_errors=True)
+
+
+def _install_from_extras(session: nox.Session, wheels: Path) -> None:
+    """The README's route: build every wheel into one folder, install ``edifice[all]`` from it, smoke-test it."""
+    session.run("uv", "build", "--quiet", "--all-packages", "--wheel", "--out-dir", str(wheels), external=True)
+    # Third-party requirements pinned by the lock first, so that the README's command finds them satisfied.
+    requirements = wheels / "requirements-edifice-all.txt"
+    session.run(
+        "uv", "export", "--frozen", "--quiet", "--no-hashes", "--no-header", "--no-default-groups",
+        "--no-emit-workspace", "--package", "edifice", "--extra", "all", "--output-file", str(requirements),
+        external=True,
+    )  # fmt: skip
+    session.run_install("uv", "pip", "install", "--quiet", "-r", str(requirements))
+    session.run_install("uv", "pip", "install", "--quiet", "--find-links", str(wheels), "edifice[all]")
+    session.run("python", str(ROOT / "tests" / "meta_install_smoke.py"), env={"EDIFICE_STRICT_PLUGINS": "1"})
 
 
 @nox.session(python=PYTHON)
