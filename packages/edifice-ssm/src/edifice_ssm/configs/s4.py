@@ -32,6 +32,8 @@ class SSMBlockConfig(SequenceConfig):
     norm_position: str = field("post", "'post' (norm(x + f(x)), the S4 block) or 'pre' (x + f(norm(x)), final norm).")
 
     aliases: ClassVar[Mapping[str, str]] = {**SequenceConfig.aliases, "state_size": "d_state"}
+    norm_choices: ClassVar[tuple[str, ...]] = _NORMS
+    """The accepted ``norm`` names (S5 adds ``batchnorm``)."""
 
     def validate(self) -> None:
         """Check the state size is even, the step-size range ordered and the choices known."""
@@ -41,7 +43,7 @@ class SSMBlockConfig(SequenceConfig):
             self.fail("d_state", "must be even (the state is stored as conjugate pairs)")
         if self.dt_min > self.dt_max:
             self.fail("dt_min", f"must be <= dt_max={self.dt_max}")
-        self.check_choice("norm", _NORMS)
+        self.check_choice("norm", self.norm_choices)
         self.check_choice("norm_position", ("pre", "post"))
 
 
