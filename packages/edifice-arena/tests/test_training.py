@@ -16,7 +16,7 @@ from torch import nn
 import edifice
 from edifice_arena.batches import Batch, BatchSource
 from edifice_arena.checkpoint import latest_checkpoint
-from edifice_arena.corpus import TokenWindows, read_token_file
+from edifice_arena.corpus import TokenWindows, read_text, read_token_file
 from edifice_arena.optim import WarmupSchedule, decayed_parameter_names
 from edifice_arena.training import (
     StepRecord,
@@ -261,3 +261,33 @@ def test_token_files_npy_and_bin(tmp_path: Path) -> None:
         read_token_file(tmp_path / "ids.bin", vocab_size=10)
     with pytest.raises(ValueError, match="fewer than one window"):
         TokenWindows(ids, 37, seq_len=99)
+
+
+def test_text_through_a_local_tokenizer(tmp_path: Path) -> None:
+    tokenizers = pytest.importorskip("tokenizers")
+    vocab = {"[UNK]": 0, "the": 1, "fox": 2, "dog": 3}
+    tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "text.txt").write_text("the fox the dog a fox")
+    for name in (tmp_path / "tokenizer.json", tmp_path):  # the file, or the directory holding it
+        tokens, vocab_size = read_text(tmp_path / "text.txt", str(name))
+        assert vocab_size == 4 and tokens.tolist() == [1, 2, 1, 3, 0, 2]
+    with pytest.raises(ValueError, match="local Hugging Face cache"):
+        read_text(tmp_path / "text.txt", "no-such-org/no-such-tokenizer")
+
+
+def test_auxiliary_losses_join_the_loss() -> None:
+    model = _tiny_lm(256, n_experts=2, moe_top_k=1)
+    output = model(input_ids=torch.zeros(1, 4, dtype=torch.long))
+    assert getattr(output, "aux_loss", None) is not None  # a mixture of experts returns its balance loss
+    records = Trainer(model, _text_source(), TrainConfig(steps=2, batch_size=2)).fit()
+    assert all(math.isfinite(r.loss) for r in records)
+
+
+def test_resume_refuses_another_model(tmp_path: Path) -> None:
+    config = TrainConfig(steps=1, batch_size=2, checkpoint_dir=str(tmp_path))
+    Trainer(_tiny_lm(256), _text_source(), config).fit()
+    wider = Trainer(_tiny_lm(256, d_ff=48), _text_source(), config)
+    with pytest.raises(ValueError, match="model differs from this one in d_ff"):
+        wider.load_checkpoint(tmp_path / "step-00000001")

@@ -533,6 +533,7 @@ class Trainer:
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore the model, optimizer, scheduler, RNG states and step from a :meth:`save_checkpoint` directory."""
         import edifice
+        from edifice.io import read_metadata
 
         model_file, tensors, state = read_checkpoint(path)
         if state.get("format") != _STATE_FORMAT:
@@ -548,6 +549,12 @@ class Trainer:
         described = _describe(self.source)
         if state["data"]["source"] != described:
             raise ValueError(f"{path}: the checkpoint was trained on {state['data']['source']}, not on {described}")
+        own = getattr(self.module, "config", None)
+        stored = read_metadata(model_file).config
+        if own is not None and hasattr(own, "to_dict") and own.to_dict() != stored:
+            mine = own.to_dict()
+            differ = sorted(k for k in stored.keys() | mine.keys() if stored.get(k) != mine.get(k))
+            raise ValueError(f"{path}: the checkpoint's model differs from this one in {', '.join(differ)}")
         model_state = edifice.load(model_file).state_dict()
         optimizer_state = {
             "state": _unflatten_optimizer_state(tensors, state["optimizer"]["scalars"]),
