@@ -39,10 +39,13 @@ def example_inputs(
 
 
 def convert(name: str, source: Any, **kwargs: Any) -> nn.Module:
-    """Convert a foreign model or checkpoint with the converter registered as ``name`` (``edifice.converters()``)."""
+    """Convert a foreign model or checkpoint with the converter registered as ``name`` (``edifice.converters()``).
+
+    The model comes back in eval mode, as from :func:`edifice.load` (and ``transformers``' ``from_pretrained``).
+    """
     table = converters()
     if name not in table:
         raise UnknownArchitecture(f"unknown converter {name!r}; registered converters: {', '.join(sorted(table))}")
     fn = load_object(table[name].fn)
     model: nn.Module = fn(source, **kwargs)
-    return model
+    return model.eval()

@@ -12,10 +12,22 @@ A checkpoint is a plain safetensors file (raw tensor bytes and a JSON header; no
 ``edifice.versions``            JSON ``{distribution: version}`` for edifice-core, the owning distribution and torch
 ``edifice.tied``                JSON ``[[kept, alias, ...], ...]``: state-dict keys sharing one tensor, stored once
 ``edifice.buffers``             JSON ``{name: dtype}`` of the floating non-persistent buffers (recomputed on load)
+``edifice.checksum``            ``"sha256:<hex>"`` of every other metadata entry and every tensor (:func:`checksum`)
 ==============================  =================================================================================
 
+Faults: a file that is not safetensors, is truncated, or whose bytes changed (a flipped bit in the header or in any
+tensor) raises :class:`~edifice.errors.CheckpointError`: the header's tensor offsets must cover the file exactly, and
+the checksum is verified on every load. Files written before the checksum existed (format 1, no
+``edifice.checksum`` entry) load unverified. Writes go to a uniquely named temporary file in the target's
+directory, are flushed to disk, and replace the target in one rename (then the directory entry is flushed too), so
+a save killed at any point leaves the previous file intact, and concurrent saves to one path leave one complete
+file. :func:`load` reads the header and the tensors through one open file, so a save racing it cannot pair one
+file's header with another's tensors.
+
 Loading rebuilds the config (refusing a newer schema; an older one goes through the config class's optional
-``migrate_config(data, from_version) -> data`` classmethod), builds the model on the meta device, checks every key
+``migrate_config(data, from_version) -> data`` classmethod, the per-architecture migration hook, declared where the
+config lives; without one, or when it fails, the error names both schema versions), builds the model on the meta
+device, checks every key
 and shape against the file (one :class:`~edifice.errors.CheckpointError` names everything missing, unexpected or
 mis-shaped), then assigns the file's tensors (``load_state_dict(assign=True)``), re-ties shared parameters and packs
 ``nn.LSTM``/``nn.GRU`` weights back into their one cuDNN buffer.
@@ -26,13 +38,19 @@ uninitialised, on the target device (like ``reset_parameters`` fills parameters)
 hook the model is only ever built on the meta device; otherwise (and when a non-strict load leaves tensors missing)
 the model is built for real on the target device so its constructor computes them, and the file's tensors replace
 the fresh parameters. Either way, floating non-persistent buffers end in the dtype they had when saved (or ``dtype``).
+
+The loaded model is in eval mode, like ``transformers``' ``from_pretrained``: dropout is off and stochastic layers
+are deterministic until ``model.train()`` is called.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
 import itertools
 import json
+import math
 import os
 import struct
 import uuid
@@ -53,10 +71,13 @@ from edifice.dtypes import dtype_name, to_dtype
 from edifice.errors import CheckpointError, ConfigError, UnknownArchitecture
 from edifice.registry import build, config_class, get_spec
 
-__all__ = ["FORMAT_VERSION", "CheckpointMetadata", "TensorEntry", "load", "read_metadata", "save"]
+__all__ = ["FORMAT_VERSION", "CheckpointMetadata", "TensorEntry", "checksum", "load", "read_metadata", "save"]
 
 #: Version of the checkpoint layout written by :func:`save`; :func:`load` reads this version and older ones.
-FORMAT_VERSION = 1
+#: Format 2 added ``edifice.checksum`` (required from format 2 on; a format-1 file loads unverified).
+FORMAT_VERSION = 2
+#: The first format whose files must carry a checksum.
+_CHECKSUM_SINCE = 2
 
 _ARCH = "edifice.arch"
 _CONFIG = "edifice.config"
@@ -65,6 +86,8 @@ _CONFIG_SCHEMA = "edifice.config_schema_version"
 _VERSIONS = "edifice.versions"
 _TIED = "edifice.tied"
 _BUFFERS = "edifice.buffers"
+_CHECKSUM = "edifice.checksum"
+_HASH = "sha256"
 _RESERVED_PREFIX = "edifice."
 #: Optional module method that fills the module's non-persistent buffers in place (see the module docstring).
 _INIT_HOOK = "init_non_persistent_buffers"
@@ -109,6 +132,9 @@ class CheckpointMetadata:
     buffers: dict[str, str]
     tensors: dict[str, TensorEntry]
     extra: dict[str, str]
+    checksum: str | None = None
+    raw: dict[str, str] = dataclasses.field(default_factory=dict, repr=False)
+    offsets: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
 
 # -- save ------------------------------------------------------------------------------------------------------------
@@ -152,9 +178,25 @@ def save(model: nn.Module, path: str | os.PathLike[str], *, metadata: Mapping[st
             sort_keys=True,
         ),
     }
+    header[_CHECKSUM] = checksum(header, tensors)
     target = Path(path)
     _atomic_write(target, lambda tmp: safetensors.torch.save_file(tensors, tmp, metadata=header))
     return target
+
+
+def checksum(metadata: Mapping[str, str], tensors: Mapping[str, torch.Tensor]) -> str:
+    """``"sha256:<hex>"`` over the metadata entries (but the checksum's own) and every tensor's name, dtype, shape and
+    bytes, in sorted order: any flipped bit of a checkpoint changes it."""
+    digest = hashlib.new(_HASH)
+    entries = {key: value for key, value in metadata.items() if key != _CHECKSUM}
+    digest.update(json.dumps(entries, sort_keys=True).encode())
+    for key in sorted(tensors):
+        tensor = tensors[key]
+        digest.update(json.dumps([key, dtype_name(tensor.dtype), list(tensor.shape)]).encode())
+        data = tensor.detach().to("cpu").contiguous().reshape(-1)
+        if data.numel():
+            digest.update(data.view(torch.uint8).numpy().data)
+    return f"{_HASH}:{digest.hexdigest()}"
 
 
 def _check_user_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
@@ -240,26 +282,39 @@ def _atomic_write(target: Path, write: Callable[[Path], None]) -> None:
     """Write through a temporary file in the target's directory, then rename it over the target in one step."""
     if not target.parent.is_dir():
         raise FileNotFoundError(f"save: directory {str(target.parent)!r} does not exist")
+    # A name no other writer uses (concurrent saves to one path each rename their own complete file).
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
     try:
         write(tmp)
         # Flush the data to disk before the rename, so a crash cannot leave a renamed but empty file.
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(tmp)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    # Flush the directory entry too, so that the rename itself survives a power loss (POSIX; not possible on Windows).
+    if os.name == "posix":
+        _fsync(target.parent)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # -- reading the header --------------------------------------------------------------------------------------------
 def read_metadata(path: str | os.PathLike[str]) -> CheckpointMetadata:
     """Read a checkpoint's header (no tensor data) and check that :func:`save` wrote it."""
     file = Path(path)
-    header = _read_header(file)
+    with file.open("rb") as fh:
+        return _read_metadata(file, fh)
+
+
+def _read_metadata(file: Path, fh: io.BufferedReader) -> CheckpointMetadata:
+    header = _read_header(file, fh)
     raw = header.pop("__metadata__", None) or {}
     if _ARCH not in raw:
         raise CheckpointError(
@@ -268,11 +323,15 @@ def read_metadata(path: str | os.PathLike[str]) -> CheckpointMetadata:
             "model.load_state_dict(safetensors.torch.load_file(path))."
         )
     version = _int_entry(file, raw, _SCHEMA)
+    if version < 1:
+        raise CheckpointError(f"{file}: metadata entry {_SCHEMA!r} holds {version}, which no Edifice wrote")
     if version > FORMAT_VERSION:
         raise CheckpointError(
             f"{file}: written in checkpoint format {version} by a newer Edifice; this edifice-core reads format "
             f"{FORMAT_VERSION} and older. Upgrade edifice-core to load it."
         )
+    if version >= _CHECKSUM_SINCE and _CHECKSUM not in raw:
+        raise CheckpointError(f"{file}: format {version} carries a checksum, but the {_CHECKSUM!r} entry is missing")
     config = _json_entry(file, raw, _CONFIG, dict)
     return CheckpointMetadata(
         path=file,
@@ -288,29 +347,68 @@ def read_metadata(path: str | os.PathLike[str]) -> CheckpointMetadata:
             for key, entry in header.items()
         },
         extra={key: value for key, value in raw.items() if key != "format" and not key.startswith(_RESERVED_PREFIX)},
+        checksum=raw.get(_CHECKSUM),
+        raw=dict(raw),
+        offsets={key: (entry["data_offsets"][0], entry["data_offsets"][1]) for key, entry in header.items()},
     )
 
 
-def _read_header(file: Path) -> dict[str, Any]:
+def _read_header(file: Path, fh: io.BufferedReader) -> dict[str, Any]:
     """Parse the safetensors header: an 8-byte little-endian length, then that many bytes of JSON."""
     not_safetensors = CheckpointError(
         f"{file}: not a safetensors file. Edifice checkpoints are safetensors files written by edifice.save; "
         "pickled checkpoints (torch.save) are never loaded, because unpickling can run arbitrary code."
     )
-    with file.open("rb") as fh:
-        prefix = fh.read(8)
-        if len(prefix) < 8:
-            raise not_safetensors
-        (length,) = struct.unpack("<Q", prefix)
-        if length > min(_MAX_HEADER_BYTES, os.fstat(fh.fileno()).st_size - 8):
-            raise not_safetensors
-        try:
-            header = json.loads(fh.read(length))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise not_safetensors from None
+    fh.seek(0)
+    prefix = fh.read(8)
+    if len(prefix) < 8:
+        raise not_safetensors
+    (length,) = struct.unpack("<Q", prefix)
+    size = os.fstat(fh.fileno()).st_size
+    if length > min(_MAX_HEADER_BYTES, size - 8):
+        raise not_safetensors
+    try:
+        header = json.loads(fh.read(length))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise not_safetensors from None
     if not isinstance(header, dict):
         raise not_safetensors
+    _check_extent(file, header, size - 8 - length)
     return header
+
+
+def _check_extent(file: Path, header: Mapping[str, Any], data_bytes: int) -> None:
+    """Require the tensors' byte ranges to be well-formed and to cover the data section exactly (not truncated)."""
+    end = 0
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        if not _well_formed(entry):
+            raise CheckpointError(
+                f"{file}: the header entry of tensor {key!r} is malformed (it needs a dtype, a shape and data_offsets)"
+            )
+        end = max(end, entry["data_offsets"][1])
+    if end != data_bytes:
+        state = "truncated" if end > data_bytes else "longer than its header says"
+        raise CheckpointError(
+            f"{file}: the file is {state}: its header places {end} bytes of tensor data, the file holds {data_bytes}. "
+            "It was damaged after it was written (edifice.save writes atomically); save it again."
+        )
+
+
+def _well_formed(entry: Any) -> bool:
+    """Whether a header entry has a dtype string, a shape of sizes and two byte offsets."""
+    if not isinstance(entry, dict):
+        return False
+    shape, offsets = entry.get("shape"), entry.get("data_offsets")
+    return (
+        isinstance(entry.get("dtype"), str)
+        and isinstance(shape, list)
+        and all(isinstance(n, int) and n >= 0 for n in shape)
+        and isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(isinstance(o, int) for o in offsets)
+    )
 
 
 def _int_entry(file: Path, raw: Mapping[str, str], key: str) -> int:
@@ -338,16 +436,23 @@ def load(
     dtype: str | torch.dtype | None = None,
     strict: bool = True,
 ) -> nn.Module:
-    """Rebuild the model saved at ``path`` on ``device`` (default CPU), floating tensors cast to ``dtype`` if given.
+    """Rebuild the model saved at ``path`` in eval mode on ``device`` (default CPU), floating tensors cast to ``dtype``.
 
-    With ``strict=False`` missing and unexpected tensors are tolerated (missing ones keep their fresh
-    initialisation); mis-shaped tensors are always an error.
+    The model comes back in eval mode (as ``transformers``' ``from_pretrained`` does); call ``model.train()`` to
+    fine-tune it. With ``strict=False`` missing and unexpected tensors are tolerated (missing ones keep their fresh
+    initialisation); mis-shaped tensors are always an error. A damaged file (truncated, or any bit changed where the
+    file carries a checksum) raises :class:`CheckpointError`.
     """
-    meta = read_metadata(path)
     target = torch.device(device) if device is not None else torch.device("cpu")
     cast = to_dtype(dtype) if dtype is not None else None
     if cast is not None and not cast.is_floating_point:
         raise ValueError(f"load: dtype converts floating tensors and must be a floating dtype, got {dtype_name(cast)}")
+    file = Path(path)
+    # One open file for the header and the tensors: a concurrent save renaming a new file over `path` in between
+    # cannot pair one file's header with another's data. Integrity first: a damaged config must not be built.
+    with file.open("rb") as fh:
+        meta = _read_metadata(file, fh)
+        stored = _read_verified(meta, fh)
     config = _config_from(meta)
 
     model = build(config, device="meta")
@@ -362,14 +467,14 @@ def load(
         model = build(config, device=target)
 
     ties = _shared_slots(model)
-    model.load_state_dict(_read_tensors(meta, report.present, target, cast), strict=False, assign=True)
+    model.load_state_dict(_place(stored, report.present, target, cast), strict=False, assign=True)
     _retie(ties)
     _flatten_rnn_weights(model)
     slots = _non_persistent_slots(model)
     if on_meta:
         _init_non_persistent(slots, target)
     _cast_non_persistent(slots, meta.buffers, cast)
-    return model
+    return model.eval()
 
 
 def _config_from(meta: CheckpointMetadata) -> ArchConfig:
@@ -393,7 +498,13 @@ def _config_from(meta: CheckpointMetadata) -> ArchConfig:
                 f"{meta.path}: config schema {saved} of {meta.arch!r} is older than the installed one ({current}) "
                 f"and {cls.__name__} defines no migrate_config() to upgrade it"
             )
-        data = dict(migrate(data, saved))
+        try:
+            data = dict(migrate(data, saved))
+        except Exception as exc:
+            raise CheckpointError(
+                f"{meta.path}: migrating the config of {meta.arch!r} from schema {saved} to {current} failed: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
         data["schema_version"] = current
     data["arch"] = meta.arch
     try:
@@ -455,19 +566,52 @@ class _Report:
         return "\n".join(lines)
 
 
-def _read_tensors(
-    meta: CheckpointMetadata, present: Mapping[str, str], device: torch.device, dtype: torch.dtype | None
+def _read_verified(meta: CheckpointMetadata, fh: io.BufferedReader) -> dict[str, torch.Tensor]:
+    """Every tensor of the open file, on the CPU, after checking the file's checksum (where it carries one)."""
+    start = 8 + int.from_bytes(_peek(fh, 0, 8), "little")
+    tensors = {key: _read_tensor(meta, fh, start, key) for key in sorted(meta.tensors)}
+    if meta.checksum is not None and checksum(meta.raw, tensors) != meta.checksum:
+        raise CheckpointError(
+            f"{meta.path}: the checksum does not match: the file's bytes changed after edifice.save wrote it "
+            "(a damaged disk or copy); save it again"
+        )
+    return tensors
+
+
+def _peek(fh: io.BufferedReader, offset: int, size: int) -> bytes:
+    fh.seek(offset)
+    return fh.read(size)
+
+
+def _read_tensor(meta: CheckpointMetadata, fh: io.BufferedReader, start: int, key: str) -> torch.Tensor:
+    """One tensor from its byte range (safetensors stores little-endian, as every platform PyTorch runs on)."""
+    entry = meta.tensors[key]
+    dtype = getattr(torch, entry.dtype, None)
+    begin, end = meta.offsets[key]
+    numel = math.prod(entry.shape)
+    if not isinstance(dtype, torch.dtype) or begin > end or end - begin != numel * dtype.itemsize:
+        raise CheckpointError(
+            f"{meta.path}: the header entry of tensor {key!r} ({entry.dtype} {_shape(entry.shape)} in bytes "
+            f"[{begin}, {end})) is inconsistent; the file is damaged"
+        )
+    if numel == 0:
+        return torch.empty(entry.shape, dtype=dtype)
+    fh.seek(start + begin)
+    data = bytearray(end - begin)
+    if fh.readinto(data) != len(data):
+        raise CheckpointError(f"{meta.path}: the tensor data of {key!r} is cut short; the file is truncated")
+    return torch.frombuffer(data, dtype=dtype).reshape(entry.shape)
+
+
+def _place(
+    stored: Mapping[str, torch.Tensor], present: Mapping[str, str], device: torch.device, dtype: torch.dtype | None
 ) -> dict[str, torch.Tensor]:
-    """The model's tensors from the file, on ``device``; tied aliases get the very same tensor object."""
-    loaded: dict[str, torch.Tensor] = {}
-    out: dict[str, torch.Tensor] = {}
-    with safetensors.safe_open(str(meta.path), framework="pt", device="cpu") as fh:
-        for key, stored in present.items():
-            if stored not in loaded:
-                tensor = fh.get_tensor(stored)
-                loaded[stored] = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else None)
-            out[key] = loaded[stored]
-    return out
+    """The model's tensors on ``device`` (floating ones cast to ``dtype``); tied aliases get the same tensor object."""
+    moved: dict[str, torch.Tensor] = {}
+    for key in set(present.values()):
+        tensor = stored[key]
+        moved[key] = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else None)
+    return {key: moved[key_in_file] for key, key_in_file in present.items()}
 
 
 _Slot = tuple[nn.Module, str, str]  # (module, "_parameters" or "_buffers", attribute name)

@@ -19,7 +19,7 @@ from torch import nn
 
 import edifice
 from edifice import ArchConfig, ArchSpec, CheckpointError, TensorSpec, UnknownArchitecture, field, hookimpl
-from edifice.io import FORMAT_VERSION, TensorEntry, load, read_metadata, save
+from edifice.io import FORMAT_VERSION, TensorEntry, checksum, load, read_metadata, save
 from edifice.model import Model
 from edifice.plugins import get_registry
 
@@ -142,12 +142,13 @@ def _ids() -> torch.Tensor:
 def _rewrite(
     path: Path, *, drop: tuple[str, ...] = (), add: dict[str, torch.Tensor] | None = None, **meta: str
 ) -> None:
-    """Rewrite a checkpoint with tensors dropped/added/replaced and metadata entries changed."""
+    """Rewrite a checkpoint with tensors dropped/added/replaced and metadata entries changed (checksum updated)."""
     with safetensors.safe_open(str(path), framework="pt") as fh:
         header = dict(fh.metadata())
     tensors = {k: v for k, v in safetensors.torch.load_file(path).items() if k not in drop}
     tensors.update(add or {})
     header.update(meta)
+    header["edifice.checksum"] = checksum(header, tensors)
     safetensors.torch.save_file(tensors, path, metadata=header)
 
 
