@@ -131,12 +131,43 @@ def _install_from_extras(session: nox.Session, wheels: Path) -> None:
 
 @nox.session(python=PYTHON)
 def docs(session: nox.Session) -> None:
-    """Regenerate the architecture index and API reference (fail if stale), run every doc example, build the site."""
+    """Regenerate the architecture index and API reference (fail if stale), run every doc example, build the site,
+    and install and test the plugin that docs/plugins.md writes."""
     _sync(session, "docs")
     session.env["NO_MKDOCS_2_WARNING"] = "1"
     session.run("python", "docs/generate.py", "--check")
     session.run("python", "docs/run_examples.py")
     session.run("mkdocs", "build", "--strict", "--quiet", "--site-dir", str(Path(session.create_tmp()) / "site"))
+    _plugin_guide(session)
+
+
+def _plugin_guide(session: nox.Session) -> None:
+    """docs/plugins.md runs as written: its files, installed beside core's wheel in a fresh venv, pass their tests."""
+    work = Path(tempfile.mkdtemp(prefix="edifice-plugin-guide-"))
+    try:
+        plugin, wheels, venv = work / "edifice-foo", work / "wheels", work / "venv"
+        session.run("python", "tools/plugin_guide.py", str(plugin))
+        session.run(
+            "uv", "build", "--quiet", "--wheel", "--package", "edifice-core", "--out-dir", str(wheels), external=True
+        )
+        requirements = wheels / "requirements-edifice-core.txt"
+        session.run(
+            "uv", "export", "--frozen", "--quiet", "--no-hashes", "--no-header", "--no-default-groups",
+            "--no-emit-workspace", "--package", "edifice-core", "--extra", "testing",
+            "--output-file", str(requirements), external=True,
+        )  # fmt: skip
+        python = venv / ("Scripts" if os.name == "nt" else "bin") / "python"
+        session.run("uv", "venv", "--quiet", "--python", PYTHON, str(venv), external=True)
+        # The guide's `pip install --find-links wheels -e ".[test]"`, with the lock's pins for third-party packages.
+        session.run(
+            "uv", "pip", "install", "--quiet", "--python", str(python), "-r", str(requirements),
+            "--find-links", str(wheels), "-e", f"{plugin}[test]", external=True,
+        )  # fmt: skip
+        with session.chdir(plugin):
+            session.run(str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", external=True)
+            session.run(str(python), "-m", "edifice", "list", "--family", "foo", external=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 @nox.session(python=PYTHON, default=False)
