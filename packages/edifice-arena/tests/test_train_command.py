@@ -36,6 +36,7 @@ def _losses(path: Path) -> list[float]:
         (["train", "decoder_only", "--task", "parity_bits"], "unknown task 'parity_bits'"),
         ([*_RUN, "--resume"], "--resume needs --checkpoint-dir"),
         ([*_RUN, "--precision", "fp8"], "field 'precision'='fp8' is not one of 'fp32', 'bf16'"),
+        ([*_RUN, "--device", "gpu"], "--device 'gpu' is not a torch device"),
     ],
 )
 def test_bad_arguments_get_one_line_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

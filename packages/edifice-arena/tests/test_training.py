@@ -291,3 +291,13 @@ def test_resume_refuses_another_model(tmp_path: Path) -> None:
     wider = Trainer(_tiny_lm(256, d_ff=48), _text_source(), config)
     with pytest.raises(ValueError, match="model differs from this one in d_ff"):
         wider.load_checkpoint(tmp_path / "step-00000001")
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager() -> None:
+    """``compile=True`` trains through inductor (slow: a compile on the CPU) to the eager losses."""
+    runs = [
+        [r.loss for r in Trainer(_bigram(), RowSource(), TrainConfig(steps=3, batch_size=4, compile=c)).fit()]
+        for c in (False, True)
+    ]
+    assert runs[1] == pytest.approx(runs[0], rel=1e-4)

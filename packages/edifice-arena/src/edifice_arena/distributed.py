@@ -102,9 +102,11 @@ def wrap_model(module: nn.Module, parallel: str, device: torch.device) -> nn.Mod
     if parallel == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
-        # Parameters the architecture declares gradient-free (ArchSpec.grad_exempt) get no gradient in some calls;
-        # DDP must then look for unused parameters instead of waiting for their all-reduce forever.
+        # Parameters the architecture declares gradient-free (ArchSpec.grad_exempt), and experts no token was routed
+        # to (models with an auxiliary balance loss), get no gradient in some steps: DDP must then look for unused
+        # parameters instead of waiting for their all-reduce forever.
         exempt = bool(getattr(getattr(module, "spec", None), "grad_exempt", None))
+        exempt = exempt or bool(getattr(module, "returns_aux_loss", False))
         device_ids = [device.index] if device.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=exempt)
     from torch.distributed.fsdp import fully_shard

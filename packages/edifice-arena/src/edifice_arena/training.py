@@ -121,6 +121,8 @@ class TrainConfig:
     """AdamW's moment decay rates (0.95 for the second moment, as in GPT-3, is steadier than 0.999 at small batch)."""
     eps: float = 1e-8
     """AdamW's denominator epsilon."""
+    compile: bool = False
+    """Run the training forward and backward through ``torch.compile`` (evaluation and checkpoints use the module)."""
     parallel: str = "none"
     """Data parallelism across the ``torchrun`` processes: ``"none"``, ``"ddp"`` or ``"fsdp2"``."""
     checkpoint_dir: str | None = None
@@ -132,6 +134,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # type: ignore[assignment]  # a JSON round trip gives a list
+        if not isinstance(self.compile, bool):
+            self._fail("compile", "must be true or false")
         self._check_int("steps", "batch_size", "grad_accum")
         self._check_int("warmup_steps", "seed", "eval_every", "checkpoint_every", allow_zero=True)
         if self.keep_checkpoints is not None:
@@ -322,8 +326,9 @@ class Trainer:
         self.module = model.to(self.device)
         """The model itself (under DDP, the module inside the wrapper; under FSDP2, sharded in place)."""
         decayed = decayed_parameter_names(self.module)
-        self.model = wrap_model(self.module, config.parallel, self.device)
-        """What the training step calls: :attr:`module`, or its DDP wrapper."""
+        wrapped = wrap_model(self.module, config.parallel, self.device)
+        self.model: nn.Module = torch.compile(wrapped) if config.compile else wrapped  # type: ignore[assignment]
+        """What the training step calls: :attr:`module` or its DDP wrapper, compiled if ``config.compile``."""
         self.optimizer = build_optimizer(
             self.module.named_parameters(),
             decayed,

@@ -67,6 +67,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--precision", default="fp32", help="fp32 (default) or bf16 (autocast)")
     train.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the data (default 0)")
     train.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
+    train.add_argument("--compile", action="store_true", help="train through torch.compile (inductor)")
     train.add_argument("--distributed", choices=("ddp", "fsdp2"), help="data parallel across torchrun's processes")
 
     out = parser.add_argument_group("evaluation, checkpoints and output")
@@ -87,6 +88,12 @@ def run(args: argparse.Namespace) -> int:
 
     from edifice_arena import distributed
 
+    try:
+        requested = torch.device(args.device)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"--device {args.device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
+    if requested.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {args.device}: no CUDA device is available")
     device = args.device
     if args.distributed is not None:
         device = str(distributed.init_distributed(args.device))
@@ -123,6 +130,7 @@ def _train(args: argparse.Namespace, device_name: str, device: Any) -> int:
         seed=args.seed,
         device=device_name,
         eval_every=args.eval_every,
+        compile=args.compile,
         parallel=args.distributed or "none",
         checkpoint_dir=args.checkpoint_dir,
         checkpoint_every=args.checkpoint_every,
