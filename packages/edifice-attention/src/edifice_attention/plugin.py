@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from edifice import ArchSpec, Converter, Paper, hookimpl
+from edifice.plugins import collect_specs
 from edifice.sequence import sequence_inputs, sequence_outputs
 
 _DIST = "edifice-attention"
@@ -79,6 +80,7 @@ def specs() -> list[ArchSpec]:
 
 
 _CONVERT = "edifice_attention.convert"
+_CONFIGS = "edifice_attention.configs"
 
 
 def converters() -> list[Converter]:
@@ -96,13 +98,13 @@ def converters() -> list[Converter]:
 
 @hookimpl
 def register_architectures(register: Callable[..., None]) -> None:
-    """Register the attention and transformer architectures."""
-    for spec in specs():
+    """Register the attention and transformer architectures (and the ``SPECS`` each ``configs/<arch>.py`` lists)."""
+    for spec in [*specs(), *collect_specs(_CONFIGS)]:
         register(spec)
 
 
 @hookimpl
 def register_converters(register: Callable[..., None]) -> None:
-    """Register the transformers checkpoint converters."""
-    for converter in converters():
+    """Register the checkpoint converters (and the ``CONVERTERS`` each ``configs/<arch>.py`` lists)."""
+    for converter in [*converters(), *collect_specs(_CONFIGS, "CONVERTERS")]:
         register(converter)
