@@ -484,3 +484,19 @@ def test_input_ids_without_a_vocabulary_says_which_inputs_this_config_takes() ->
         "toy_tokens: input 'input_ids' is taken only when mode == 'tokens', and this model was built with "
         "mode='plain'; it takes x [B, T, 4]"
     )
+
+
+def test_a_released_distribution_is_missing_or_failed_not_planned(toy: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    import edifice.registry
+
+    monkeypatch.setattr(edifice.registry, "RELEASED", edifice.registry.RELEASED | {"edifice-vision"})
+    with pytest.raises(UnknownArchitecture, match=r'part of edifice-vision, which is not installed: pip install "'):
+        edifice.build("densenet")
+    registry = get_registry()
+    with pytest.warns(PluginWarning):
+        registry.register_plugin(_Misspelt(), "vision-broken", distribution="edifice_vision", version="0.1.0")
+    try:
+        with pytest.raises(UnknownArchitecture, match=r"edifice-vision, whose plugin failed to load: .*unknown hook"):
+            edifice.build("densenet")
+    finally:
+        registry.unregister_plugin("vision-broken")
