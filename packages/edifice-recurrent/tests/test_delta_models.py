@@ -30,7 +30,7 @@ def features(*shape: int, seed: int = 1) -> torch.Tensor:
 
 def test_delta_product_with_one_householder_step_is_delta_net() -> None:
     # n_h = 1 turns eq. 4 of Siems et al. into DeltaNet's eq. 1: same parameters, same function.
-    product = build("delta_product", n_householder=1, allow_neg_eigval=False)
+    product = build("delta_product", n_householder=1, allow_neg_eigval=False, use_gate=False, expand_v=1.0)
     delta = build("delta_net")
     delta.load_state_dict(product.state_dict())
     x = features(2, 9, 16)
@@ -91,6 +91,39 @@ def test_decoding_state_is_constant_size_and_fp32(arch: str) -> None:
         assert layer_state.recurrent.dtype == torch.float32
         assert tuple(layer_state.recurrent.shape) == recurrent == (2, 2, 4, model.config.head_v_size)
         assert [tuple(c.shape) for c in layer_state.conv] == conv
+
+
+@pytest.mark.parametrize(("arch", "extra"), [("gated_delta_net", {}), ("delta_product", {"use_forget_gate": True})])
+def test_decay_initialisation_is_mamba2s(arch: str, extra: dict[str, Any]) -> None:
+    # As fla's Gated DeltaNet / Gated DeltaProduct: A = exp(A_log) ~ U(0, 16) per head, and Δ = softplus(dt_bias)
+    # log-uniform in [1e-3, 0.1]. 256 heads make the statistics sharp enough to catch another initialisation.
+    torch.manual_seed(3)
+    model = edifice.build(arch, d_model=32, n_layers=1, n_heads=256, head_dim=2, expand_v=1.0, d_ff=0, **extra)
+    mixer = model.layers[0].mixer
+    A = mixer.A_log.detach().exp()
+    assert float(A.min()) >= 0 and float(A.max()) <= 16
+    assert abs(float(A.mean()) - 8) < 1.0 and abs(float(A.std()) - 16 / 12**0.5) < 0.7
+    log_dt = torch.nn.functional.softplus(mixer.dt_bias.detach()).log()
+    lo, hi = torch.tensor(1e-3).log(), torch.tensor(0.1).log()
+    assert float(log_dt.min()) >= lo - 1e-4 and float(log_dt.max()) <= hi + 1e-4
+    assert abs(float(log_dt.mean()) - float(lo + hi) / 2) < 0.3  # uniform in log space
+    assert abs(float(log_dt.std()) - float(hi - lo) / 12**0.5) < 0.2
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_short_convolutions_start_as_fla_layers_do(arch: str) -> None:
+    # fla's models initialise every nn.Conv1d (the short convolutions) like the linears: N(0, 0.02²), no bias.
+    torch.manual_seed(4)
+    model = edifice.build(arch, d_model=64, n_layers=1, n_heads=4, d_ff=0, conv_bias=True)
+    weights = torch.cat([c.weight.detach().flatten() for c in model.layers[0].mixer.convs])
+    assert abs(float(weights.std()) - 0.02) < 0.002 and abs(float(weights.mean())) < 0.002
+    assert all(float(c.bias.detach().abs().max()) == 0 for c in model.layers[0].mixer.convs)
+
+
+def test_delta_product_defaults_follow_the_reference_layer() -> None:
+    # fla's GatedDeltaProduct layer: output gate on, values twice the key size (expand_v = 2).
+    config = edifice.config("delta_product")
+    assert config.use_gate and config.expand_v == 2.0
 
 
 def test_gate_parameters_get_gradients() -> None:

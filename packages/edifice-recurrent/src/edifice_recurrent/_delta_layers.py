@@ -239,11 +239,12 @@ class DeltaBackbone(SequenceBackbone):
         return TransformerBlock(c.d_model, mixer, ffn, norm="rmsnorm", norm_eps=c.norm_eps, dropout=c.dropout)
 
     def reset_parameters(self) -> None:
-        """Normal(0, ``init_std``) linear and embedding weights, zero biases, then each mixer's own parameters."""
+        """Normal(0, ``init_std``) linear, embedding and short-convolution weights, zero biases (fla's
+        ``_init_weights``, which treats the convolutions as it does the linears), then each mixer's own parameters."""
         super().reset_parameters()
         std = self.config.init_std
         for module in self.modules():
-            if isinstance(module, nn.Linear | nn.Embedding):
+            if isinstance(module, nn.Linear | nn.Embedding | CausalDepthwiseConv1d):
                 nn.init.normal_(module.weight, mean=0.0, std=std)
-            if isinstance(module, nn.Linear) and module.bias is not None:
+            if isinstance(module, nn.Linear | CausalDepthwiseConv1d) and module.bias is not None:
                 nn.init.zeros_(module.bias)

@@ -16,6 +16,11 @@ Implemented (per head, state ``S ∈ R^{d_k×d_v}``; layer in :mod:`edifice_recu
   last step) and run through the chunked delta-rule op, as the paper's reference code does; ``step`` carries the
   constant-size state.
 
+Defaults follow flash-linear-attention's ``GatedDeltaProduct`` layer: an output gate (``use_gate=True``) and values
+twice the key size (``expand_v=2``); ``use_forget_gate=False`` as fla's model config (its layer alone defaults to
+True: that is Gated DeltaProduct, ``use_forget_gate=True`` here). Initialisation as fla's models: N(0, 0.02) linear
+and short-convolution weights; with the forget gate, Mamba-2's ``A ~ U(0, 16)`` and log-uniform ``Δ``.
+
 Deviations: none in the mechanism; the blocks are the flash-linear-attention ones (pre-norm, SwiGLU FFN).
 """
 

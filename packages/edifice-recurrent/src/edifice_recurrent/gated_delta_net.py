@@ -11,7 +11,9 @@ Implemented (per head, state ``S ∈ R^{d_k×d_v}``; layer in :mod:`edifice_recu
 * §3.3, eqs. 11-12: the chunkwise form, the WY representation extended with the cumulative decay ``γ`` inside each
   chunk (:func:`edifice.ops.gated_delta_rule`); ``step`` carries the constant-size state;
 * Fig. 1 block: SiLU short convolutions on q, k, v; L2-normalised q, k; per-head RMSNorm of the output gated by
-  ``SiLU(x W_g)``; value heads ``expand_v = 2`` times wider than key heads; pre-norm blocks with a SwiGLU FFN.
+  ``SiLU(x W_g)``; value heads ``expand_v = 2`` times wider than key heads; pre-norm blocks with a SwiGLU FFN;
+* initialisation as fla's ``GatedDeltaNetPreTrainedModel``: N(0, 0.02) linear, embedding and short-convolution
+  weights, zero biases.
 
 Deviations: the paper's hybrid variants (with sliding-window attention layers) are not part of this entry.
 """

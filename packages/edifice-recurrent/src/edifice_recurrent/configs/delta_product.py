@@ -20,6 +20,8 @@ class DeltaProductConfig(DeltaNetConfig):
     n_householder: int = field(2, "Delta-rule steps (generalised Householder factors) per token, n_h.")
     use_forget_gate: bool = field(False, "Gated DeltaProduct: decay the state once per token as Gated DeltaNet.")
     allow_neg_eigval: bool = field(True, "β in (0, 2): the paper's state-tracking setting (eigenvalues in [-1, 1]).")
+    expand_v: float = field(2.0, "Value size per head is head_dim * expand_v (fla's GatedDeltaProduct layer: 2).")
+    use_gate: bool = field(True, "Gate the normalised output with SiLU(x W_g) (fla's layer: use_output_gate=True).")
 
     aliases: ClassVar[Mapping[str, str]] = {**DeltaNetConfig.aliases, "num_householder": "n_householder"}
 
