@@ -339,6 +339,8 @@ class Trainer:
             # The fused CUDA kernel does the whole update in one launch; FSDP2's sharded DTensors take foreach.
             fused=self.device.type == "cuda" and config.parallel != "fsdp2",
         )
+        # Listed once, after wrapping (FSDP2 replaces the parameters with sharded ones).
+        self._trainable = [p for p in self.module.parameters() if p.requires_grad]
         self.scheduler = LambdaLR(
             self.optimizer, WarmupSchedule(config.steps, config.warmup_steps, config.schedule, config.min_lr_ratio)
         )
@@ -355,6 +357,7 @@ class Trainer:
     def fit(self) -> list[StepRecord]:
         """Train up to ``config.steps`` steps (from :attr:`completed_steps`); evaluate and checkpoint on the way."""
         records = []
+        self.model.train()
         self._clock = time.perf_counter()
         pending: _Launched | None = None
         while self.completed_steps < self.config.steps:
@@ -373,6 +376,7 @@ class Trainer:
         """One optimizer step (``grad_accum`` micro-batches; under data parallel, this rank's shard of each)."""
         if self._clock is None:
             self._clock = time.perf_counter()
+        self.model.train()
         return self._finish(self._launch())
 
     def _launch(self) -> _Launched:
@@ -389,7 +393,6 @@ class Trainer:
         # DDP and FSDP2 average gradients over ranks; scale by the world size so the average is the batch's mean.
         scale = world.size / counted
         nats = torch.zeros((), device=self.device)
-        self.model.train()
         for index, batch in enumerate(micro_batches):
             local = self._to_device(batch.shard(world.rank, world.size))
             with gradient_sync(self.model, index == len(micro_batches) - 1):
@@ -459,7 +462,7 @@ class Trainer:
             with torch.no_grad(), self._autocast():
                 return {name: float(value) for name, value in self.evaluate(self.module).items()}
         finally:
-            self.module.train()
+            self.model.train()
 
     def _autocast(self) -> AbstractContextManager[Any]:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16")
@@ -476,7 +479,7 @@ class Trainer:
         """Clip the global gradient norm to ``clip_norm``; return the norm before clipping (no host sync)."""
         if self.config.clip_norm is None:
             return None
-        parameters = [p for p in self.module.parameters() if p.grad is not None]
+        parameters = [p for p in self._trainable if p.grad is not None]
         norm = torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
         full_tensor = getattr(norm, "full_tensor", None)  # a DTensor under FSDP2: the norm over every shard
         if full_tensor is not None:
