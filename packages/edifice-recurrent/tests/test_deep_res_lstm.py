@@ -121,3 +121,20 @@ def test_config_aliases_and_errors() -> None:
         edifice.config("deep_res_lstm", cell_type="gru")
     with pytest.raises(edifice.InputError, match=r"expected \[B, T, 5\]"):
         build()(x=torch.zeros(2, 4, 6))
+
+
+def test_initialisation_is_sonnets() -> None:
+    # slippi-ai builds snt.Linear and snt.LSTM at their defaults: truncated normal (±2σ, std 0.88σ) with σ = 1/√fan_in,
+    # zero biases, and the LSTM's forget_bias=1.0 on the forget gate's bias (PyTorch's gate order: i, f, g, o).
+    torch.manual_seed(0)
+    model = edifice.build("deep_res_lstm", d_in=40, d_model=96, n_layers=2)
+    assert isinstance(model.input_proj, torch.nn.Linear)
+    encoder = model.input_proj.weight.detach()
+    assert abs(float(encoder.std()) * 40**0.5 / 0.8796 - 1) < 0.05 and not model.input_proj.bias.any()
+    for block in model.layers:
+        cell = block.mixer.rnn.module()
+        for weight in (cell.weight_ih_l0.detach(), cell.weight_hh_l0.detach()):
+            assert float(weight.abs().max()) <= 2 / 96**0.5 and abs(float(weight.std()) * 96**0.5 / 0.8796 - 1) < 0.05
+        forget = torch.zeros(4 * 96)
+        forget[96:192] = 1.0
+        assert torch.equal(cell.bias_ih_l0.detach(), forget) and not cell.bias_hh_l0.any()

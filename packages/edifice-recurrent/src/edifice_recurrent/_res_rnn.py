@@ -24,10 +24,40 @@ from edifice.blocks.norms import get_norm
 from edifice.blocks.transformer import TransformerBlock
 from edifice_recurrent.rnn import RNNLayer, RNNLayerState
 
-__all__ = ["NORM_EPS", "ProjectedRNN", "output_norm", "residual_rnn_block", "zero_"]
+__all__ = ["NORM_EPS", "ProjectedRNN", "output_norm", "residual_rnn_block", "sonnet_linear_", "sonnet_rnn_", "zero_"]
 
 #: Epsilon of every norm of the slippi-ai entries (slippi-ai's JAX LayerNorm; its TF one has none).
 NORM_EPS = 1e-6
+
+
+def _truncated_normal_(weight: Tensor, fan_in: int) -> None:
+    """TensorFlow's ``truncated_normal`` with ``σ = 1/√fan_in``: a normal redrawn outside ``±2σ`` (std ``0.88σ``)."""
+    std = fan_in**-0.5
+    nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
+
+
+@torch.no_grad()
+def sonnet_linear_(linear: nn.Linear) -> None:
+    """Sonnet's ``snt.Linear`` default: weights truncated normal with ``σ = 1/√fan_in``, zero bias."""
+    _truncated_normal_(linear.weight, linear.in_features)
+    if linear.bias is not None:
+        nn.init.zeros_(linear.bias)
+
+
+@torch.no_grad()
+def sonnet_rnn_(layer: RNNLayer) -> None:
+    """Sonnet's ``snt.LSTM``/``snt.GRU`` defaults on a one-layer cell: truncated-normal input and recurrent weights
+    (``σ = 1/√input_size``, ``1/√hidden_size``), zero biases, and the LSTM's ``forget_bias=1.0`` added to the forget
+    gate's bias (PyTorch's gate order is i, f, g, o)."""
+    cell = layer.module()
+    weights = dict(cell.named_parameters())  # weight_ih_l0 [G·h, d_in], weight_hh_l0 [G·h, h], bias_ih_l0, bias_hh_l0
+    _truncated_normal_(weights["weight_ih_l0"], cell.input_size)
+    _truncated_normal_(weights["weight_hh_l0"], cell.hidden_size)
+    for name in ("bias_ih_l0", "bias_hh_l0"):
+        if name in weights:
+            nn.init.zeros_(weights[name])
+    if isinstance(cell, nn.LSTM) and "bias_ih_l0" in weights:
+        weights["bias_ih_l0"][cell.hidden_size : 2 * cell.hidden_size] = 1.0
 
 
 def zero_(linear: nn.Linear) -> None:

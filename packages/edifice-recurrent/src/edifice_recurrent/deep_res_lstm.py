@@ -13,12 +13,13 @@ with ``torch.nn.LSTM``'s cell and ``N`` LayerNorm (or RMSNorm), eps 1e-6. Each b
 :class:`~edifice_recurrent._res_rnn.ProjectedRNN` (an :class:`~edifice_recurrent.rnn.RNNLayer` -- one fused
 ``torch.nn.LSTM`` call per layer -- and the decoder), the same block builder ``transformer_like`` uses.
 
-Initialisation: the decoders start at zero ("initialize the resnet as the identity function"), so the network starts
-as its encoder, ``y = h^0``; the LSTMs keep PyTorch's ``U(-1/√d, 1/√d)``.
+Initialisation (slippi-ai's Sonnet modules at their defaults): the decoders start at zero ("initialize the resnet as
+the identity function"), so the network starts as its encoder, ``y = h^0``; the encoder is ``snt.Linear``'s
+(truncated normal with ``σ = 1/√fan_in``, zero bias) and each LSTM ``snt.LSTM``'s (truncated-normal input and
+recurrent weights with ``σ = 1/√fan_in``, zero biases, forget-gate bias 1).
 
-Deviations: PyTorch's LSTM initialisation rather than Sonnet's (truncated normal, constant ``forget_bias=1``);
-LayerNorm eps 1e-6 (slippi-ai's TF LayerNorm has none); ``final_norm`` is the original Edifice's option (off by
-default, as in slippi-ai).
+Deviations: LayerNorm eps 1e-6 (slippi-ai's TF LayerNorm has none); ``final_norm`` is the original Edifice's option
+(off by default, as in slippi-ai).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from torch import nn
 import edifice
 from edifice.blocks.backbone import SequenceBackbone
 from edifice.blocks.transformer import TransformerBlock
-from edifice_recurrent._res_rnn import ProjectedRNN, output_norm, residual_rnn_block, zero_
+from edifice_recurrent._res_rnn import ProjectedRNN, output_norm, residual_rnn_block, sonnet_linear_, sonnet_rnn_, zero_
 from edifice_recurrent.configs.deep_res_lstm import DeepResLSTMConfig
 
 __all__ = ["DeepResLSTM"]
@@ -57,8 +58,12 @@ class DeepResLSTM(SequenceBackbone):
         return output_norm(self.config.norm, self.config.d_model, self.config.final_norm)
 
     def reset_parameters(self) -> None:
-        """PyTorch's default everywhere, then slippi-ai's zero decoders (the network starts as its encoder)."""
+        """Sonnet's defaults for the encoder and the LSTMs, then slippi-ai's zero decoders (the network starts as its
+        encoder)."""
         super().reset_parameters()  # visits each decoder's nn.Linear after its ProjectedRNN: zero it again last
+        if isinstance(self.input_proj, nn.Linear):
+            sonnet_linear_(self.input_proj)  # the encoder, snt.Linear(hidden_size)
         for layer in self.layers:
             assert isinstance(layer, TransformerBlock) and isinstance(layer.mixer, ProjectedRNN)
+            sonnet_rnn_(layer.mixer.rnn)  # snt.LSTM(hidden_size)
             zero_(layer.mixer.out_proj)
