@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import re
 from dataclasses import dataclass
 from importlib import resources
 
@@ -22,6 +23,7 @@ __all__ = [
     "catalogue",
     "install_hint",
     "is_first_party",
+    "normalize_distribution",
 ]
 
 #: Distributions the meta package ``edifice`` has extras for: what is released (a test checks this against
@@ -86,6 +88,11 @@ def _first_party() -> frozenset[str]:
     return frozenset({entry.distribution for entry in catalogue().values()} | set(_WITHOUT_ARCHITECTURES))
 
 
+def normalize_distribution(name: str) -> str:
+    """A distribution name as PEP 503 compares them (``Edifice_SSM`` is ``edifice-ssm``)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def is_first_party(distribution: str | None) -> bool:
     """Whether ``distribution`` is one of this project's (a family of DESIGN section 2, core, kernels or arena)."""
-    return distribution is not None and distribution in _first_party()
+    return distribution is not None and normalize_distribution(distribution) in _first_party()

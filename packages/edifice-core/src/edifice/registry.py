@@ -5,11 +5,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fnmatch
-import re
 from typing import TYPE_CHECKING, Any
 
 from edifice._text import close_matches
-from edifice.catalogue import BLOCK_PROVIDERS, RELEASED, catalogue, install_hint
+from edifice.catalogue import BLOCK_PROVIDERS, RELEASED, catalogue, install_hint, normalize_distribution
 from edifice.config import ArchConfig, _describe, _type_hints
 from edifice.errors import ConfigError, MissingDependency, PluginError, UnknownArchitecture
 from edifice.plugins import PluginRecord, get_registry, load_object
@@ -65,7 +64,9 @@ def why_absent(distribution: str, what: str = "it") -> str:
     if distribution not in RELEASED:
         released = "which is not released yet; `edifice list` shows what is installed"
         return f"{what} is planned for {distribution}, {released}."
-    record = next((r for r in get_registry().iter_records() if _same_dist(r.distribution, distribution)), None)
+    wanted = normalize_distribution(distribution)
+    records = get_registry().iter_records()
+    record = next((r for r in records if r.distribution and normalize_distribution(r.distribution) == wanted), None)
     if record is None:
         return f"{what} is part of {distribution}, which is not installed: {install_hint(distribution)}"
     if record.status == "failed":
@@ -73,11 +74,6 @@ def why_absent(distribution: str, what: str = "it") -> str:
     if record.status == "skipped":
         return f"{what} is part of {distribution}, which is installed but not loaded ({record.error})."
     return f"{what} is planned for {distribution} but not in its installed version {record.version} yet."
-
-
-def _same_dist(a: str | None, b: str) -> bool:
-    """Distribution names compare as normalised by PEP 503 (``edifice_ssm`` is ``edifice-ssm``)."""
-    return a is not None and re.sub(r"[-_.]+", "-", a).lower() == re.sub(r"[-_.]+", "-", b).lower()
 
 
 def _load_path(spec: ArchSpec, kind: str) -> Any:

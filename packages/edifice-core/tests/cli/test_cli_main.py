@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import importlib
 import json
+import sys
 from types import ModuleType
 from typing import Any
 
@@ -203,6 +204,20 @@ def test_summary_without_flops_and_with_progress(capsys: pytest.CaptureFixture[s
     steps: list[str] = []
     summarize("tiny_cli", flops=False, progress=steps.append)
     assert steps == ["importing torch", "building tiny_cli"]  # the FLOP count (the slow step) is announced when run
+
+
+@needs_flop_counter
+def test_summary_reports_progress_on_a_terminal(
+    capsys: pytest.CaptureFixture[str], cli_plugin: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    code, out, err = _run(capsys, "summary", "tiny_cli")
+    assert code == 0 and out.startswith("tiny_cli (TinyCli)")
+    assert err.splitlines() == [
+        "edifice summary: importing torch ...",
+        "edifice summary: building tiny_cli ...",
+        "edifice summary: counting FLOPs (its first use imports torch._dynamo; --no-flops skips it) ...",
+    ]
 
 
 def _expected(d_in: int, d_model: int, d_out: int, tokens: int) -> dict[str, int]:

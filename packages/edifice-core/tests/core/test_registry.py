@@ -500,3 +500,10 @@ def test_a_released_distribution_is_missing_or_failed_not_planned(toy: None, mon
             edifice.build("densenet")
     finally:
         registry.unregister_plugin("vision-broken")
+
+
+def test_first_party_distributions_are_this_projects_by_normalised_name() -> None:
+    from edifice.catalogue import is_first_party
+
+    assert is_first_party("edifice-ssm") and is_first_party("Edifice_SSM") and is_first_party("edifice-arena")
+    assert not is_first_party("edifice-foo") and not is_first_party(None)
