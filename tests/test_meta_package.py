@@ -65,3 +65,10 @@ def test_core_knows_which_distributions_are_released() -> None:
     # for an extra that does not exist: core's list must be the meta package's extras.
     extras = _members()["edifice"]["project"]["optional-dependencies"]
     assert {req.split("==")[0] for reqs in extras.values() for req in reqs} == RELEASED
+
+
+def test_the_meta_readme_lists_every_extra() -> None:
+    readme = (ROOT / "packages" / "edifice" / "README.md").read_text(encoding="utf-8")
+    extras = _members()["edifice"]["project"]["optional-dependencies"]
+    missing = [extra for extra in extras if f"`{extra}`" not in readme]
+    assert not missing, f"packages/edifice/README.md does not list the extras {missing}"
