@@ -46,9 +46,12 @@ from edifice_attention.configs.retnet import RetNetConfig
 __all__ = ["MultiScaleRetention", "RetNet", "from_fla", "retention_decays"]
 
 
-def retention_decays(n_heads: int) -> Tensor:
-    """``log γ_h`` with ``γ_h = 1 - 2^{-5-h}``, ``h = 0 .. n_heads - 1`` (eq. 8), fp32 ``[n_heads]``."""
-    return torch.log1p(-torch.exp2(-5.0 - torch.arange(n_heads, dtype=torch.float32)))
+def retention_decays(n_heads: int, device: torch.device | str | None = None) -> Tensor:
+    """``log γ_h`` with ``γ_h = 1 - 2^{-5-h}``, ``h = 0 .. n_heads - 1`` (eq. 8), fp32 ``[n_heads]``.
+
+    Built on ``device`` directly (no host-to-device copy, so a decoding step can be captured in a CUDA graph).
+    """
+    return torch.log1p(-torch.exp2(-5.0 - torch.arange(n_heads, dtype=torch.float32, device=device)))
 
 
 class MultiScaleRetention(LinearAttentionMixer):
@@ -61,7 +64,7 @@ class MultiScaleRetention(LinearAttentionMixer):
     def log_decay(self, x: Tensor) -> Tensor:
         """``log γ_h`` broadcast over batch and time: ``[B, T, H]`` fp32."""
         B, T, _ = x.shape
-        return retention_decays(self.n_heads).to(x.device).expand(B, T, self.n_heads)
+        return retention_decays(self.n_heads, x.device).expand(B, T, self.n_heads)
 
     def rotate(self, q: Tensor, k: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
         """``Q ⊙ Θ``, ``K ⊙ Θ̄`` (eq. 3): the same rotation of both, so ``q_n·k_m`` sees ``e^{i(n-m)θ}``."""

@@ -163,6 +163,33 @@ def test_low_precision_inputs_keep_an_fp32_state(relative_l2: Any) -> None:
     assert relative_l2(S_half, S) <= 2e-2
 
 
+def saved_bytes(fn: Callable[[], Any]) -> int:
+    """Bytes of the distinct storages autograd saves for backward while ``fn`` runs (the activation memory)."""
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("decay", ["scalar", "vector"])
+def test_chunked_activation_memory_grows_linearly_in_sequence_length(decay: str) -> None:
+    """T = 512 -> 2048 multiplies what the chunked form saves by about 4 (a T x T form would save 16 times more)."""
+    vector = decay == "vector"
+    op = ops.gated_linear_attention if vector else ops.linear_attention
+
+    def run(T: int) -> int:
+        args = [x.requires_grad_() for x in make(1, T, 1, 8, 8, seed=T, vector=vector)]
+        return saved_bytes(lambda: op(*args[:4], initial_state=args[4]))
+
+    ratio = run(2048) / run(512)
+    assert 3.5 < ratio < 4.5, ratio
+
+
 # -- parity with flash-linear-attention's pure-PyTorch references ---------------------------------------------------
 FLA_SHAPES = {"T1": (2, 1, 2, 4, 3), "T63-K60": (1, 63, 1, 60, 60), "T130": (1, 130, 1, 8, 6)}
 
