@@ -9,6 +9,7 @@ Swapping ``edifice.ops.mlstm`` for a memory that never forgets must break the mL
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -150,6 +151,23 @@ def seeded_slstm(seed: int) -> SLSTMLayer:
         for p in layer.parameters():
             p.add_(0.3 * torch.randn_like(p))
     return layer
+
+
+@torch.no_grad()
+def test_slstm_initialisation_is_the_authors() -> None:
+    # xlstm package defaults: R = 0, W small-init N(0, 2/(5d)), i/z/o biases 0, forget-gate bias per unit j of each
+    # head 5 - 12 (j/(D-1))^(0.3 + 1.3 r), r = block index / (blocks - 1) ("powerlaw_blockdependent").
+    torch.manual_seed(8)
+    model = edifice.build("slstm", d_model=64, n_layers=2, n_heads=4)
+    for index, layer in enumerate(model.layers):
+        cell = layer.mixer
+        assert float(cell.R.abs().max()) == 0
+        assert abs(float(cell.W.weight.std()) / math.sqrt(2 / (5 * 64)) - 1) < 0.05
+        bias = cell.W.bias.view(4, 4, 16)  # (gate i/f/z/o, head, unit)
+        assert float(bias[[0, 2, 3]].abs().max()) == 0
+        j = torch.arange(16) / 15
+        want = 5 - 12 * j ** (0.3 + 1.3 * index)
+        torch.testing.assert_close(bias[1], want.expand(4, 16))
 
 
 @signature("slstm")

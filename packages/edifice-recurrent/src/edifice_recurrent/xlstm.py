@@ -29,6 +29,10 @@ Blocks (§2.4): every block is pre-norm residual, ``x + cell_layer(Norm(x))`` fo
   soft-capped ``15·tanh(x/15)``, the cell output gets a per-head LayerNorm and the output gate, then an output
   projection; then a SwiGLU feed-forward.
 
+Initialisation of the sLSTM cell, as the defaults of the authors' ``xlstm`` package: ``R = 0``, small-init ``W``,
+zero input/cell/output-gate biases and a per-unit power-law forget-gate bias that deepens with the block's depth
+(:meth:`SLSTMLayer.reset_parameters`).
+
 Deviations from the 2024 paper: (1) the mLSTM block is xLSTM 7B's post-up-projection block instead of the paper's
 pre-up-projection block (Fig. 10: 2x up-projection, causal conv4, learnable skip, block-diagonal q/k/v); (2) the
 sLSTM block omits the optional causal conv4 in front of the input and forget gates, and its input projection ``W``
@@ -126,7 +130,8 @@ class MLSTMLayer(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Linear defaults; forget-gate biases spread over [3, 6] across heads so memories start long (paper A.4)."""
+        """Linear defaults; forget-gate biases ``linspace(3, 6)`` over heads, as the authors' mLSTM cell, and zero
+        input-gate biases, so memories start long."""
         for module in self.children():
             module.reset_parameters()  # type: ignore[operator]
         with torch.no_grad():
@@ -195,16 +200,25 @@ class SLSTMState:
     """Stabiliser."""
 
 
+def slstm_forget_bias(head_dim: int, block_index: int, n_blocks: int) -> Tensor:
+    """The authors' per-unit power-law forget-gate bias ``5 - 12 (j/(D-1))^(0.3 + 1.3 r)``, ``[head_dim]``."""
+    depth = block_index / (n_blocks - 1) if n_blocks > 1 else 0.0
+    position = torch.arange(head_dim, dtype=torch.float32) / max(head_dim - 1, 1)
+    return 5.0 - 12.0 * position ** (0.3 + 1.3 * depth)
+
+
 class SLSTMLayer(nn.Module):
     """The sLSTM token mixer ``[B, T, d_model] -> [B, T, d_model]``: eqs. 8-17, heads, per-head GroupNorm."""
 
     #: Gate order in the projections' outputs.
     GATES: ClassVar[tuple[str, ...]] = ("i", "f", "z", "o")
 
-    def __init__(self, config: XLSTMConfig) -> None:
+    def __init__(self, config: XLSTMConfig, *, block_index: int = 0) -> None:
         super().__init__()
         d, H = config.d_model, config.n_heads
         self.n_heads, self.head_dim = H, d // H
+        # The forget-gate bias depends on the block's depth in the stack (the authors' "powerlaw_blockdependent").
+        self.block_index, self.n_blocks = block_index, config.n_layers
         self.W = nn.Linear(d, 4 * d, bias=True)  # input weights W_{i,f,z,o} and biases b (eqs. 11-14)
         # Recurrent weights R, block-diagonal over heads: R[h] maps head h of h_{t-1} to its 4 gates.
         self.R = nn.Parameter(torch.empty(H, self.head_dim, 4 * self.head_dim))
@@ -212,15 +226,21 @@ class SLSTMLayer(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Linear default for W, R ~ U(±1/sqrt(head_dim)); forget-gate biases spread over [3, 6] (paper A.4)."""
-        self.W.reset_parameters()
+        """The authors' sLSTM initialisation (``xlstm`` package, ``blocks/slstm/layer.py`` and ``cell.py`` defaults).
+
+        ``W ~ N(0, 2/(5d))`` (``small_init``, Nguyen & Salazar 2019); ``R = 0`` (``recurrent_weight_init="zeros"``);
+        the i, z and o biases 0; the forget-gate bias of unit ``j`` of every head ``5 - 12 (j/(D-1))^(0.3 + 1.3 r)``
+        with ``r`` the block's relative depth ``block_index / (n_blocks - 1)`` (``"powerlaw_blockdependent"``), so
+        each head spans slow (``σ(5)``) to fast (``σ(-7)``) forgetting, faster in deeper blocks.
+        """
+        d = self.n_heads * self.head_dim
+        nn.init.normal_(self.W.weight, std=math.sqrt(2 / (5 * d)))
+        nn.init.zeros_(self.R)
         self.group_norm.reset_parameters()
-        bound = self.head_dim**-0.5
-        nn.init.uniform_(self.R, -bound, bound)
         with torch.no_grad():
-            bias = self.W.bias.view(4, self.n_heads, self.head_dim)
-            bias[0].zero_()
-            bias[1].copy_(torch.linspace(3.0, 6.0, self.n_heads)[:, None])
+            bias = self.W.bias.view(4, self.n_heads, self.head_dim)  # gates in GATES order: i, f, z, o
+            bias.zero_()
+            bias[1].copy_(slstm_forget_bias(self.head_dim, self.block_index, self.n_blocks))
 
     def init_state(
         self,
@@ -307,7 +327,7 @@ class XLSTM(SequenceBackbone):
         cfg = self.config
         mixer: nn.Module
         if index in cfg.slstm_blocks:
-            mixer = SLSTMLayer(cfg)
+            mixer = SLSTMLayer(cfg, block_index=index)
             ffn = GatedFeedForward(cfg.d_model, cfg.slstm_ffn_dim, activation="gelu", bias=cfg.bias)
         else:
             mixer = MLSTMLayer(cfg)
