@@ -166,3 +166,22 @@ def test_config_aliases_and_errors() -> None:
     assert lm(input_ids=torch.randint(0, 13, (2, 4))).shape == (2, 13)
     with pytest.raises(edifice.InputError, match=r"expected \[B, T, 5\]"):
         build()(x=torch.zeros(2, 4, 6))
+
+
+@pytest.mark.parametrize("cell_type", ["lstm", "gru"])
+def test_initialisation_is_sonnets(cell_type: str) -> None:
+    # slippi-ai's TF TransformerLike builds snt.Linear, snt.LSTM/snt.GRU at their defaults: truncated normal (±2σ, std
+    # 0.88σ) with σ = 1/√fan_in, zero biases, and the LSTM's forget_bias=1.0 (PyTorch's gate order: i, f, g, o).
+    torch.manual_seed(0)
+    model = edifice.build("transformer_like", d_in=40, d_model=96, cell_type=cell_type)
+    assert isinstance(model.input_proj, nn.Linear)
+    for linear in (model.input_proj, model.layers[0].ffn.up_proj):
+        fan_in = linear.in_features
+        assert abs(float(linear.weight.detach().std()) * fan_in**0.5 / 0.8796 - 1) < 0.05 and not linear.bias.any()
+    cell = model.layers[0].mixer.module()
+    for weight in (cell.weight_ih_l0.detach(), cell.weight_hh_l0.detach()):
+        assert float(weight.abs().max()) <= 2 / 96**0.5 and abs(float(weight.std()) * 96**0.5 / 0.8796 - 1) < 0.05
+    forget = torch.zeros_like(cell.bias_ih_l0)
+    if cell_type == "lstm":
+        forget[96:192] = 1.0
+    assert torch.equal(cell.bias_ih_l0.detach(), forget) and not cell.bias_hh_l0.any()

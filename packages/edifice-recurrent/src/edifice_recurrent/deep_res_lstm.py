@@ -1,6 +1,6 @@
 """``deep_res_lstm``: slippi-ai's ``res_lstm`` core -- pre-norm residual LSTM blocks with zero-init decoders.
 
-slippi-ai (vladfi1, https://github.com/vladfi1/slippi-ai), ``slippi_ai/networks.py``: ``DeepResLSTM`` and its
+slippi-ai (vladfi1, https://github.com/vladfi1/slippi-ai), ``slippi_ai/tf/networks.py``: ``DeepResLSTM`` and its
 ``ResLSTMBlock`` (no paper; the equations are ``docs/design/deep_res_lstm.md``)::
 
     h^0 = W_enc x + b_enc                                       (1)  (input_proj; identity when d_in is None)

@@ -1,6 +1,6 @@
 """``transformer_like``: slippi-ai's ``tx_like`` core -- transformer layers whose attention is an LSTM or GRU.
 
-slippi-ai (vladfi1, https://github.com/vladfi1/slippi-ai), ``slippi_ai/networks.py``: ``TransformerLike``, the
+slippi-ai (vladfi1, https://github.com/vladfi1/slippi-ai), ``slippi_ai/tf/networks.py``: ``TransformerLike``, the
 recurrent core of its Super Smash Bros. Melee agents (no paper; the equations are ``docs/design/transformer_like.md``).
 A transformer's layout with the self-attention sub-layer replaced by a recurrent cell, so the stack is causal, decodes
 in constant memory per frame, and trains as one fused cuDNN call per layer::
@@ -17,12 +17,15 @@ eps 1e-6. Each layer is a pre-norm :class:`~edifice.blocks.transformer.Transform
 :class:`~edifice_recurrent.rnn.RNNLayer` and a :class:`~edifice.blocks.ffn.FeedForward`
 (:func:`edifice_recurrent._res_rnn.residual_rnn_block`, shared with ``deep_res_lstm``).
 
-Initialisation: slippi-ai's ``ResBlock`` zero-initialises the FFN's output projection, so every FFN sub-layer starts as
-the identity; the cells keep PyTorch's ``U(-1/√d, 1/√d)``.
+Initialisation (slippi-ai's TensorFlow ``TransformerLike``, whose exact GELU this entry follows, with its Sonnet
+modules at their defaults): the encoder and each FFN's first projection are ``snt.Linear``'s (truncated normal with
+``σ = 1/√fan_in``, zero bias); each cell ``snt.LSTM``'s or ``snt.GRU``'s (truncated-normal input and recurrent weights
+with ``σ = 1/√fan_in``, zero biases, the LSTM's forget-gate bias 1); ``ResBlock`` zero-initialises the FFN's output
+projection, so every FFN sub-layer starts as the identity. (The JAX port uses Flax's defaults -- LeCun-normal input
+weights, orthogonal recurrent ones, no forget bias -- and the tanh GELU.)
 
-Deviations: the cells use PyTorch's initialisation rather than Sonnet's (truncated normal with a constant
-``forget_bias=1``) or Flax's; LayerNorm has eps 1e-6 (slippi-ai's TF LayerNorm has none); ``recurrent_norm`` and
-``final_norm`` are the original Edifice's options (both off by default, as in slippi-ai).
+Deviations: LayerNorm has eps 1e-6 (slippi-ai's TF LayerNorm has none); ``recurrent_norm`` and ``final_norm`` are the
+original Edifice's options (both off by default, as in slippi-ai).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import edifice
 from edifice.blocks.backbone import SequenceBackbone
 from edifice.blocks.ffn import FeedForward
 from edifice.blocks.transformer import TransformerBlock
-from edifice_recurrent._res_rnn import output_norm, residual_rnn_block, zero_
+from edifice_recurrent._res_rnn import output_norm, residual_rnn_block, sonnet_linear_, sonnet_rnn_, zero_
 from edifice_recurrent.configs.transformer_like import TransformerLikeConfig
 from edifice_recurrent.rnn import RNNLayer
 
@@ -64,8 +67,14 @@ class TransformerLike(SequenceBackbone):
         return output_norm(self.config.norm, self.config.d_model, self.config.final_norm)
 
     def reset_parameters(self) -> None:
-        """PyTorch's default everywhere, then slippi-ai's zero FFN output projections (each FFN starts as identity)."""
+        """Sonnet's defaults for the encoder, the cells and the FFNs' first projections, then slippi-ai's zero FFN
+        output projections (each FFN starts as the identity)."""
         super().reset_parameters()
+        if isinstance(self.input_proj, nn.Linear):
+            sonnet_linear_(self.input_proj)  # the encoder, snt.Linear(hidden_size)
         for layer in self.layers:
             assert isinstance(layer, TransformerBlock) and isinstance(layer.ffn, FeedForward)
+            assert isinstance(layer.mixer, RNNLayer)
+            sonnet_rnn_(layer.mixer)  # snt.LSTM / snt.GRU(hidden_size)
+            sonnet_linear_(layer.ffn.up_proj)
             zero_(layer.ffn.down_proj)
