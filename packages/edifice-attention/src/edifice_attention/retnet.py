@@ -15,7 +15,7 @@ Implemented (per head, state ``S ∈ R^{d_k×d_v}``; the layer in :mod:`edifice_
   ``1/sqrt(d_k)`` (§2.2);
 * eq. 9, the block: ``Y = MSR(LN(X)) + X``, ``X' = FFN(LN(Y)) + Y`` with a GELU FFN of width ``2d`` and value heads
   ``2d`` wide (§3.1), initialised as the authors' torchscale code (xavier-uniform, gain ``2^{-2.5}`` on ``W_Q, W_K,
-  W_V, W_G``).
+  W_V, W_G`` and 1 on ``W_O``).
 
 Deviations: the score normalisations of §2.2 beyond ``1/sqrt(d_k)`` (dividing ``D`` by its row sums and the scores
 by ``max(|Σ R|, 1)``) are omitted: GroupNorm is invariant to a positive scale of each head's output, so they change
@@ -82,7 +82,7 @@ class RetNet(LinearAttentionBackbone):
     mixer_class = MultiScaleRetention
 
     def reset_parameters(self) -> None:
-        """Normal(0, ``init_std``) weights, then torchscale's xavier-uniform (gain 2^-2.5) on W_Q, W_K, W_V, W_G."""
+        """Normal(0, ``init_std``) weights, then torchscale's xavier-uniform: gain 2^-2.5 on W_Q, W_K, W_V, W_G, 1 on W_O."""
         super().reset_parameters()
         for mixer in self.mixers():
             for proj in (mixer.q_proj, mixer.k_proj, mixer.v_proj, mixer.g_proj, mixer.o_proj):
