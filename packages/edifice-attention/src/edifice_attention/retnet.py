@@ -82,7 +82,7 @@ class RetNet(LinearAttentionBackbone):
     mixer_class = MultiScaleRetention
 
     def reset_parameters(self) -> None:
-        """Normal(0, ``init_std``) weights, then torchscale's xavier-uniform: gain 2^-2.5 on W_Q, W_K, W_V, W_G, 1 on W_O."""
+        """Normal(0, ``init_std``), then torchscale's xavier-uniform: gain 2^-2.5 on W_Q, W_K, W_V, W_G, 1 on W_O."""
         super().reset_parameters()
         for mixer in self.mixers():
             for proj in (mixer.q_proj, mixer.k_proj, mixer.v_proj, mixer.g_proj, mixer.o_proj):
