@@ -60,10 +60,10 @@ def ltc_step(cell: LTCCell, x: torch.Tensor, inp: torch.Tensor, solver: str, ste
 
 
 def cfc_step(cell: CfCCell, x: torch.Tensor, inp: torch.Tensor, dt: float) -> torch.Tensor:
-    """Eq. (10): σ(-f t) g + (1 - σ(-f t)) h on a tanh backbone of [I; x], g and h through tanh."""
+    """Eq. (10): σ(-f t) g + (1 - σ(-f t)) h on a LeCun-tanh backbone of [I; x], g and h through tanh."""
     z = torch.cat([inp, x], -1)
     for layer in cell.backbone:
-        z = torch.tanh(z @ layer.weight.double().T + layer.bias.double())
+        z = 1.7159 * torch.tanh(0.666 * (z @ layer.weight.double().T + layer.bias.double()))  # ncps' LeCun tanh
 
     def head(lin: torch.nn.Linear) -> torch.Tensor:
         return z @ lin.weight.double().T + lin.bias.double()
@@ -161,7 +161,7 @@ def test_cfc_gate_interpolates_between_its_heads_with_time() -> None:
     torch.manual_seed(8)
     cell = CfCCell(3, 4, units=8, layers=1).double()
     x, inp = randn(2, 4, seed=9, dtype=F64), randn(2, 3, seed=10, dtype=F64)
-    z = torch.tanh(cell.backbone[0](torch.cat([inp, x], -1)))
+    z = 1.7159 * torch.tanh(0.666 * cell.backbone[0](torch.cat([inp, x], -1)))
     g, h, f = torch.tanh(cell.head_g(z)), torch.tanh(cell.head_h(z)), cell.head_f(z)
     with torch.no_grad():
         torch.testing.assert_close(cell.advance(x, inp, dt=0.0), (g + h) / 2, **TIGHT)  # σ(0) = 1/2
@@ -176,6 +176,29 @@ def test_initialisation() -> None:
         torch.testing.assert_close(cell.log_tau.exp(), torch.full((8,), 2.5))
         assert bool((cell.input_proj.bias == 0).all())
         assert bool((cell.A.abs() <= 1).all()) and float(cell.A.detach().std()) > 0.2
+
+
+def test_cfc_defaults_and_initialisation_follow_ncps() -> None:
+    # ncps.torch.CfC: 128 backbone units, LeCun tanh 1.7159 tanh(0.666 x), xavier_uniform on every weight matrix.
+    config = edifice.config("liquid", solver="cfc")
+    assert (config.cfc_backbone_units, config.cfc_backbone_activation) == (128, "lecun_tanh")
+    torch.manual_seed(11)
+    cell = CfCCell(24, 40, units=128, layers=2)
+    for linear in (*cell.backbone, cell.head_f, cell.head_g, cell.head_h):
+        fan_out, fan_in = linear.weight.shape
+        bound = (6 / (fan_in + fan_out)) ** 0.5
+        weight = linear.weight.detach()
+        assert float(weight.abs().max()) <= bound and float(weight.abs().max()) > 0.95 * bound
+        assert abs(float(weight.std()) / (bound / 3**0.5) - 1) < 0.1  # U(-b, b) has std b / sqrt(3)
+    with pytest.raises(edifice.ConfigError, match="cfc_backbone_activation"):
+        edifice.config("liquid", solver="cfc", cfc_backbone_activation="sine")
+    tanh_cell = CfCCell(3, 4, units=8, activation="tanh").double()
+    x, inp = randn(2, 4, seed=12, dtype=F64), randn(2, 3, seed=13, dtype=F64)
+    z = torch.tanh(tanh_cell.backbone[0](torch.cat([inp, x], -1)))
+    with torch.no_grad():
+        gate = torch.sigmoid(-tanh_cell.head_f(z))
+        want = gate * torch.tanh(tanh_cell.head_g(z)) + (1 - gate) * torch.tanh(tanh_cell.head_h(z))
+        torch.testing.assert_close(tanh_cell.advance(x, inp, dt=1.0), want, **TIGHT)
 
 
 def test_token_inputs_and_pooling() -> None:

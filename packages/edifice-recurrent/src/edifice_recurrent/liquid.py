@@ -25,7 +25,7 @@ Ray, Tschaikowski, Teschl & Rus, 2022, "Closed-form continuous-time neural netwo
 4, 992-1003, https://arxiv.org/abs/2106.13898, eq. (10), with three heads on a shared backbone of ``[I; x]``::
 
     x(t + dt) = σ(-f(x, I; θ_f) dt) ⊙ g(x, I; θ_g) + [1 - σ(-f(x, I; θ_f) dt)] ⊙ h(x, I; θ_h)      (10)
-    z = backbone([I; x]) (cfc_backbone_layers × Linear + tanh)   f = W_f z + b_f   g = tanh(W_g z + b_g)   h = tanh(..)
+    z = backbone([I; x]) (cfc_backbone_layers × Linear + LeCun tanh)   f = W_f z + b_f   g = tanh(W_g z + b_g)   h = ..
 
 Layers stack like ``torch.nn.LSTM``: layer 0 reads the ``d_in`` input features directly, layer ``l`` the states of
 layer ``l - 1`` (dropout in between while training); the output is the last layer's state at every step. ``x(0) = 0``.
@@ -33,8 +33,12 @@ The ODE state is fp32. ``step`` continues from a :class:`LiquidState` and reprod
 
 Deviations: the LTC reference code (and ``ncps.LTCCell``) expands eq. (1) into conductance-based synapses (one
 sigmoid, weight and reversal potential per synapse, plus leak and capacitance); this module implements eq. (1) and
-Algorithm 1 as written, one ``f`` and one ``A`` per neuron. Initialisation (the paper gives none): ``γ``, ``γ_r`` and
-the CfC layers use PyTorch's default Linear init, ``μ = 0``, ``τ = tau_init``, ``A ~ U(-1, 1)``. The CfC gate has
+Algorithm 1 as written, one ``f`` and one ``A`` per neuron. Initialisation: neither paper states one. The LTC cell
+uses PyTorch's default Linear init for ``γ``, ``γ_r``, ``μ = 0``, ``τ = tau_init``, ``A ~ U(-1, 1)`` (eq. 1 per neuron
+has no counterpart in ``ncps``' synapse-level ``LTCCell`` to copy). The CfC cell follows the authors' ``ncps``
+``CfC`` defaults: a backbone of 128 units with the LeCun tanh ``1.7159 tanh(0.666 x)``, ``xavier_uniform`` on every
+weight matrix and PyTorch's default Linear biases (``cfc_backbone_activation="tanh"`` gives the plain tanh). The CfC
+gate has
 no separate time-offset head (``ncps``'s ``time_b``): it is eq. (10) exactly. Inputs are regularly sampled (one
 ``dt`` per step); there is no per-step elapsed-time input. Pad steps (``attention_mask``) leave the state unchanged
 and output zeros.
@@ -52,7 +56,7 @@ from edifice.blocks.backbone import SequenceBackbone
 from edifice.config import ArchConfig
 from edifice.dtypes import upcast
 from edifice.outputs import model_output
-from edifice_recurrent.configs.liquid import SOLVERS, LiquidConfig
+from edifice_recurrent.configs.liquid import CFC_ACTIVATIONS, SOLVERS, LiquidConfig
 
 __all__ = ["CfCCell", "LTCCell", "Liquid", "LiquidLayer", "LiquidState"]
 
@@ -132,21 +136,33 @@ class LTCCell(nn.Module):
         return x
 
 
+def backbone_activation(x: Tensor, name: str) -> Tensor:
+    """The CfC backbone's nonlinearity: ``ncps``' LeCun tanh ``1.7159 tanh(0.666 x)`` (LeCun et al. 1998) or tanh."""
+    return 1.7159 * torch.tanh(0.666 * x) if name == "lecun_tanh" else torch.tanh(x)
+
+
 class CfCCell(nn.Module):
     """The closed-form continuous-time cell of eq. (10): a ``[I; x]`` backbone and the heads ``f``, ``g``, ``h``."""
 
-    def __init__(self, d_in: int, d_hidden: int, *, units: int = 64, layers: int = 1) -> None:
+    def __init__(
+        self, d_in: int, d_hidden: int, *, units: int = 128, layers: int = 1, activation: str = "lecun_tanh"
+    ) -> None:
         super().__init__()
+        if activation not in CFC_ACTIVATIONS:
+            raise ValueError(f"CfCCell: activation must be one of {', '.join(CFC_ACTIVATIONS)}, got {activation!r}")
+        self.activation = activation
         dims = [d_in + d_hidden] + [units] * layers
         self.backbone = nn.ModuleList(nn.Linear(dims[i], dims[i + 1]) for i in range(layers))
         self.head_f = nn.Linear(dims[-1], d_hidden)  # f: the (liquid) time-constant head
         self.head_g = nn.Linear(dims[-1], d_hidden)  # g: the state at t -> 0 side of the gate
         self.head_h = nn.Linear(dims[-1], d_hidden)  # h: the state the gate opens towards as t grows
+        self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """PyTorch's default Linear init for the backbone and the heads (the paper gives none)."""
+        """As ``ncps``' ``CfCCell.init_weights``: ``xavier_uniform`` weights, PyTorch's default Linear biases."""
         for module in (*self.backbone, self.head_f, self.head_g, self.head_h):
             module.reset_parameters()
+            nn.init.xavier_uniform_(module.weight)
 
     def drive(self, inputs: Tensor) -> Tensor:
         """The inputs ``I`` themselves (the backbone reads ``[I; x]`` each step), as fp32 (fp64 kept)."""
@@ -169,7 +185,7 @@ class CfCCell(nn.Module):
         z = torch.cat([drive, x], dim=-1)  # (B, d_in + N)
         for layer in self.backbone:
             linear = cast(nn.Linear, layer)
-            z = torch.tanh(linear(z.to(linear.weight.dtype)))
+            z = backbone_activation(linear(z.to(linear.weight.dtype)), self.activation)
         z = z.to(self.head_f.weight.dtype)
         f = upcast(self.head_f(z))
         g = torch.tanh(upcast(self.head_g(z)))
@@ -190,8 +206,9 @@ class LiquidLayer(nn.Module):
         integration_steps: int = 6,
         dt: float = 1.0,
         tau_init: float = 1.0,
-        cfc_units: int = 64,
+        cfc_units: int = 128,
         cfc_layers: int = 1,
+        cfc_activation: str = "lecun_tanh",
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
@@ -200,7 +217,7 @@ class LiquidLayer(nn.Module):
         self.d_model, self.solver, self.steps, self.dt = d_model, solver, integration_steps, dt
         self.cell: LTCCell | CfCCell
         if solver == "cfc":
-            self.cell = CfCCell(d_in, d_model, units=cfc_units, layers=cfc_layers)
+            self.cell = CfCCell(d_in, d_model, units=cfc_units, layers=cfc_layers, activation=cfc_activation)
         else:
             self.cell = LTCCell(d_in, d_model, tau_init=tau_init)
         self.dropout = nn.Dropout(dropout)
@@ -278,6 +295,7 @@ class Liquid(SequenceBackbone):
             tau_init=c.tau_init,
             cfc_units=c.cfc_backbone_units,
             cfc_layers=c.cfc_backbone_layers,
+            cfc_activation=c.cfc_backbone_activation,
             dropout=c.dropout if index < c.n_layers - 1 else 0.0,
         )
 

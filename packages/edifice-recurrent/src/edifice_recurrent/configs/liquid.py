@@ -14,10 +14,12 @@ from typing import ClassVar, Literal
 from edifice import ArchSpec, Paper, field
 from edifice.sequence import SequenceConfig, sequence_inputs, sequence_outputs
 
-__all__ = ["SOLVERS", "SPECS", "LiquidConfig"]
+__all__ = ["CFC_ACTIVATIONS", "SOLVERS", "SPECS", "LiquidConfig"]
 
 #: How a layer advances its state over one input step: three ODE solvers of the LTC equation, or the CfC closed form.
 SOLVERS = ("fused", "euler", "rk4", "cfc")
+#: Nonlinearities of the CfC backbone: ncps' default LeCun tanh 1.7159·tanh(0.666·x), or the plain tanh.
+CFC_ACTIVATIONS = ("lecun_tanh", "tanh")
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -32,20 +34,25 @@ class LiquidConfig(SequenceConfig):
     integration_steps: int = field(6, "ODE solver steps (unfolds) per input step; unused by 'cfc'.")
     dt: float = field(1.0, "Elapsed time of one input step (each unfold covers dt / integration_steps).")
     tau_init: float = field(1.0, "Initial time constant τ of every LTC neuron.")
-    cfc_backbone_units: int = field(64, "Width of the CfC backbone shared by its f, g and h heads.")
+    cfc_backbone_units: int = field(128, "Width of the CfC backbone shared by its f, g and h heads (ncps: 128).")
     cfc_backbone_layers: int = field(1, "Layers of the CfC backbone (0: the heads read [I; x] directly).")
+    cfc_backbone_activation: str = field(
+        "lecun_tanh", "Nonlinearity of the CfC backbone: 'lecun_tanh' (ncps' default, 1.7159 tanh(0.666 x)) or 'tanh'."
+    )
 
     aliases: ClassVar[Mapping[str, str]] = {
         **SequenceConfig.aliases,
         "ode_unfolds": "integration_steps",
         "backbone_units": "cfc_backbone_units",
         "backbone_layers": "cfc_backbone_layers",
+        "backbone_activation": "cfc_backbone_activation",
     }
 
     def validate(self) -> None:
         """Check the solver is known and the sizes, steps and times are positive."""
         super().validate()
         self.check_choice("solver", SOLVERS)
+        self.check_choice("cfc_backbone_activation", CFC_ACTIVATIONS)
         self.check_positive("integration_steps", "dt", "tau_init", "cfc_backbone_units")
         self.check_positive("cfc_backbone_layers", allow_zero=True)
 
