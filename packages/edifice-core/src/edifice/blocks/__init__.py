@@ -40,9 +40,10 @@ from edifice.blocks.positional import (
 )
 from edifice.blocks.rope import RopeScaling, RotaryEmbedding, apply_rotary
 from edifice.blocks.transformer import TransformerBlock
-from edifice.catalogue import BLOCK_PROVIDERS, install_hint
+from edifice.catalogue import BLOCK_PROVIDERS
 from edifice.errors import MissingDependency
 from edifice.plugins import get_registry, load_object
+from edifice.registry import why_absent
 
 __all__ = [
     "Attention",
@@ -97,10 +98,8 @@ def get(name: str) -> type[nn.Module]:
     if spec is None:
         provider = BLOCK_PROVIDERS.get(name)
         if provider is not None:
-            raise MissingDependency(
-                f"block {name!r} is provided by {provider}, which is not installed. Install it with: "
-                f"{install_hint(provider)}"
-            )
+            # The provider may be missing, not released yet, or released without this block: why_absent says which.
+            raise MissingDependency(f"no installed plugin provides the block {name!r}; {why_absent(provider)}")
         raise MissingDependency(
             f"unknown block {name!r}; registered blocks: {', '.join(sorted(blocks))}.{did_you_mean(name, blocks)}"
         )
