@@ -102,3 +102,15 @@ def test_s4d_config() -> None:
     model = edifice.build("s4d", d_model=8, d_state=4, init="legs", glu=True, norm_position="pre").eval()
     x = torch.randn(2, 5, 8)
     assert model(x).shape == (2, 5, 8)
+
+
+def test_defaults_are_the_authors_standalone_s4d() -> None:
+    # state-spaces/s4 models/s4/s4d.py: S4D-Lin (A = -1/2 + iπn), and the output Conv1d(H, 2H) followed by a GLU.
+    torch.manual_seed(0)
+    model = edifice.build("s4d", d_model=8, d_state=8, n_layers=1)
+    mixer = model.layers[0].mixer
+    assert mixer.glu and mixer.out_proj.weight.shape == (16, 8)
+    ssm = mixer.ssm
+    assert isinstance(ssm, S4DSSM)
+    torch.testing.assert_close(ssm.lambda_im[0], math.pi * torch.arange(4.0))
+    torch.testing.assert_close(torch.exp(ssm.log_neg_lambda_re[0]), torch.full((4,), 0.5))

@@ -10,6 +10,10 @@ HiPPO-LegS's normal form); ``B = 1``, ``C ~ CN(0, 1)``, ``log Δ ~ U[log dt_min,
 diagonal recurrence ``x_k = Ā x_{k-1} + B̄ u_k`` as a parallel scan (:func:`edifice.ops.linear_recurrence`). Each
 layer is the S4 block: SSM -> GELU -> linear (or GLU), residual, norm.
 
+Defaults as the authors' standalone ``models/s4/s4d.py`` (state-spaces/s4): S4D-Lin, ``N = 64``, ``Δ`` in
+``[1e-3, 0.1]``, ``D ~ N(0, 1)``, and the GLU output (``Conv1d(H, 2H)`` then ``GLU``); ``init="inv"``/``"legs"`` and
+``glu=False`` are the paper's other options.
+
 Paper: Albert Gu, Ankit Gupta, Karan Goel, Christopher Ré (2022), "On the Parameterization and Initialization of
 Diagonal State Space Models", NeurIPS 2022, https://arxiv.org/abs/2206.11893.
 

@@ -16,7 +16,12 @@ class S4DConfig(SSMBlockConfig):
     """S4D: per channel, a diagonal complex SSM whose convolution kernel is a Vandermonde product."""
 
     arch: str = field("s4d", "Registry name of the architecture this config builds.")
-    init: str = field("inv", "Initialisation of the diagonal A: 'inv' (S4D-Inv), 'lin' (S4D-Lin) or 'legs' (S4D-LegS).")
+    init: str = field(
+        "lin",
+        "Initialisation of the diagonal A: 'lin' (S4D-Lin, the authors' standalone s4d.py), 'inv' (S4D-Inv) or 'legs' "
+        "(S4D-LegS).",
+    )
+    glu: bool = field(True, "Output projection d -> 2d followed by a GLU (the authors' S4D block), else d -> d.")
     discretization: str = field("zoh", "Discretisation of the continuous system: 'zoh' or 'bilinear'.")
 
     def validate(self) -> None:
