@@ -58,7 +58,9 @@ class LinearAttentionConfig(SequenceConfig):
         for name in ("expand_k", "expand_v"):
             width = self.d_model * getattr(self, name)
             if not math.isclose(width, round(width)) or round(width) % self.n_heads:
-                self.fail(name, f"d_model * {name} = {width} must be an integer divisible by n_heads={self.n_heads}")
+                self.fail(
+                    name, f"gives d_model * {name} = {width}; must be an integer dividing by n_heads={self.n_heads}"
+                )
         if self.feature_map is not None and not isinstance(self.feature_map, str):
             self.fail("feature_map", "must be an activation name or None")
 
