@@ -98,6 +98,13 @@ def test_reset_parameters_scales_every_output_projection_by_depth() -> None:
     assert torch.equal(mamba.D, torch.ones_like(mamba.D))
 
 
+def test_mlp_width_defaults_to_the_released_configs() -> None:
+    # Samba-421M / 1.3B / 3.8B: d_model 1536 / 2304 / 3072 with intermediate_size 4096 / 6144 / 8192 = 8/3 d_model.
+    for d_model, width in ((1536, 4096), (2304, 6144), (3072, 8192)):
+        assert edifice.config("samba", d_model=d_model, n_heads=12).ffn_dim == width
+    assert edifice.config("samba", d_model=20, n_heads=2).ffn_dim == 56  # 53.3 rounded up to a multiple of 8
+
+
 def test_config_validates_and_accepts_original_option_names() -> None:
     config = edifice.config("samba", window_size=64, mlp_dim=96, num_heads=2, state_size=8, expand_factor=1)
     assert (config.window, config.d_ff, config.n_heads, config.d_state, config.expand) == (64, 96, 2, 8, 1)

@@ -17,7 +17,7 @@ Equations (§2; the Mamba layer is Gu & Dao 2023's, whose equation numbers are g
                    h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t x_t;  y_t = C_t h_t + D x_t      (eqs. 2a-2b, 4)
                    out = out_proj(y ⊙ SiLU(z))
     Mixer_{2j+1} = SWA:    o_t = Σ_{t-w < s <= t} softmax_s(q_t·k_s / sqrt(d)) v_s,  q, k rotated by RoPE
-    SwiGLU(x) = down(SiLU(gate(x)) ⊙ up(x))
+    SwiGLU(x) = down(SiLU(gate(x)) ⊙ up(x)),  hidden width d_ff = 8/3 · d_model (the released configs)
 
 Initialisation (the released code's ``mamba_init``): Mamba mixers use Mamba's (S4D-real A, log-uniform Δ, D = 1),
 other projections PyTorch's default, and the three output projections of each layer (Mamba ``out_proj``,

@@ -30,7 +30,9 @@ class SambaConfig(MambaConfig):
     head_dim: int | None = field(None, "Attention head size; None means d_model // n_heads.")
     window: int = field(2048, "Sliding window: each query attends its own and the previous window - 1 positions.")
     rope_theta: float = field(10000.0, "RoPE base of the sliding-window attention.")
-    d_ff: int | None = field(None, "Hidden width of the SwiGLU MLPs; None means 4 * d_model.")
+    d_ff: int | None = field(
+        None, "Hidden width of the SwiGLU MLPs; None means 8/3 * d_model rounded up to 8 (the released configs)."
+    )
 
     aliases: ClassVar[Mapping[str, str]] = {
         **MambaConfig.aliases,
@@ -64,8 +66,12 @@ class SambaConfig(MambaConfig):
 
     @property
     def ffn_dim(self) -> int:
-        """The resolved MLP width (``d_ff`` or ``4 * d_model``)."""
-        return self.d_ff if self.d_ff is not None else 4 * self.d_model
+        """The resolved MLP width: ``d_ff``, else ``⌈(8/3)·d_model / 8⌉·8``.
+
+        The released Samba configs set ``intermediate_size = 8/3 · d_model`` (421M: 1536 -> 4096, 1.3B: 2304 -> 6144,
+        3.8B: 3072 -> 8192); rounding up to a multiple of 8 keeps those and gives every other width an integer.
+        """
+        return self.d_ff if self.d_ff is not None else 8 * -(-self.d_model // 3)
 
 
 REN = Paper(
