@@ -157,3 +157,10 @@ def test_s4_left_padding_gives_the_unpadded_result() -> None:
     mask = torch.tensor([[False, False] + [True] * 6])
     with torch.no_grad():
         torch.testing.assert_close(model(padded, attention_mask=mask)[:, 2:], model(x), atol=TOL, rtol=TOL)
+
+
+def test_s4_block_defaults_to_the_authors_glu_output() -> None:
+    # state-spaces/s4 models/s4/s4.py: S4Block(final_act='glu'), a Linear(d, 2d) followed by a GLU.
+    model = edifice.build("s4", d_model=8, d_state=4, n_layers=1)
+    mixer = model.layers[0].mixer
+    assert mixer.glu and mixer.out_proj.weight.shape == (16, 8)

@@ -8,7 +8,8 @@ discretises it (eq. (3)): ``Ā = (I - Δ/2 A)^{-1} (I + Δ/2 A)``, ``B̄ = (I - 
 ``K = (C B̄, C Ā B̄, ..., C Ā^{L-1} B̄)`` (eqs. (4)-(5)). Training computes ``K`` with Algorithm 1 -- ``C̃ = C (I - Ā^L)``,
 the truncated generating function at the roots of unity through a Cauchy kernel and the Woodbury identity
 (Lemmas C.2-C.4), then an inverse FFT -- and applies it with :func:`edifice.ops.long_conv`; ``step`` runs the
-recurrence. Each layer is the S4 block (§3.4): SSM -> GELU -> linear (or GLU), residual, LayerNorm.
+recurrence. Each layer is the S4 block (§3.4): SSM -> GELU -> GLU output (``Linear(d, 2d)``, the authors' standalone
+``S4Block`` default ``final_act='glu'``; ``glu=False`` gives a plain linear), residual, LayerNorm.
 
 Paper: Albert Gu, Karan Goel, Christopher Ré (2022), "Efficiently Modeling Long Sequences with Structured State
 Spaces", ICLR 2022, https://arxiv.org/abs/2111.00396.

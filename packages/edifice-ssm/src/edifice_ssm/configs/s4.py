@@ -52,6 +52,9 @@ class S4Config(SSMBlockConfig):
     """S4: per channel, a HiPPO-LegS SSM in diagonal-plus-low-rank form, bilinear discretisation, FFT convolution."""
 
     arch: str = field("s4", "Registry name of the architecture this config builds.")
+    glu: bool = field(
+        True, "Output projection d -> 2d followed by a GLU (the authors' S4Block, final_act='glu'), else d -> d."
+    )
 
 
 GU_GOEL_RE = Paper(
