@@ -30,6 +30,7 @@ STATEFUL = [name for name in edifice.list_architectures() if edifice.get_spec(na
 VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("titans", {"variant": "mal"}),
     ("titans", {"variant": "mac", "window_size": 4, "mini_batch_size": 4}),
+    ("hymba", {"n_layers": 3, "global_layers": ()}),  # cross-layer KV sharing: layers 1, 2 read layer 0's cache
 ]
 CASES = [(name, {}) for name in STATEFUL] + [case for case in VARIANTS if case[0] in STATEFUL]
 #: Inputs that describe the whole batch rather than one position each: never passed to a one-position step.
