@@ -22,7 +22,7 @@ def test_plugin_and_configs_import_no_torch() -> None:
         """
         import sys, edifice
         import edifice_attention.configs.attention, edifice_attention.configs.gqa
-        assert sorted(edifice.list_architectures(family="attention")) == ["attention", "gqa"]
+        assert {"attention", "gqa"} <= set(edifice.list_architectures(family="attention"))
         edifice.info("decoder_only"); edifice.config("gqa", num_heads=8)
         assert "torch" not in sys.modules, "torch was imported"
         """
