@@ -32,6 +32,8 @@ def main(distribution: str) -> int:
         return 1
     planned = sorted(n for n, e in catalogue().items() if e.distribution == distribution)
     print(f"{distribution}: {len(listed)} architectures listed ({len(planned)} in the catalogue)")
+    if not listed and not _commands_fail_cleanly(distribution):
+        return 1
     failures = 0
     for name in listed:
         missing = missing_requirements(name)
@@ -51,6 +53,26 @@ def main(distribution: str) -> int:
         check_architecture(name)
         print(f"  {name:28s} ok (build, forward, contract)")
     return 1 if failures else 0
+
+
+def _commands_fail_cleanly(distribution: str) -> bool:
+    """A distribution without architectures (edifice-arena): its commands say so in one line, no traceback."""
+    if distribution != "edifice-arena":
+        return True
+    import contextlib
+    import io
+
+    from edifice.cli.main import main as cli
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = cli(["arena"])
+    lines = err.getvalue().strip().splitlines()
+    if code != 1 or len(lines) != 1 or "no architectures are installed" not in lines[0]:
+        print(f"FAIL: `edifice arena` without architectures: exit {code}, stderr {err.getvalue()!r}")
+        return False
+    print(f"  edifice arena without architectures: {lines[0]}")
+    return True
 
 
 if __name__ == "__main__":

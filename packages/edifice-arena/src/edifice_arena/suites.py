@@ -1,0 +1,87 @@
+"""Preset arenas: ``default`` (MQAR sized for two CPU cores) and ``zoology`` (the Zoology MQAR sweep, reduced).
+
+``default`` -- what ``edifice arena`` runs with no arguments. MQAR at ``T = 64`` with 4 key-value pairs and a
+vocabulary of 128, five entries of about {DEFAULT_PARAMS:,} parameters and two layers, {DEFAULT_STEPS} steps of batch
+{DEFAULT_BATCH}: under three minutes on two CPU cores, and long enough for the entries to separate (see
+``docs/arena.md`` for the table and the spread over three seeds).
+
+``zoology`` -- Figure 2 of Arora et al. (2023): MQAR accuracy against model width for sequence lengths and key-value
+pairs ``(64, 4), (128, 8), (256, 16), (512, 64)``, widths 64 to 512, two layers, vocabulary 8,192, AdamW with weight
+decay 0.1 and a cosine schedule, the best of four learning rates ``logspace(-4, -2, 4)``, 64 epochs of 100,000
+examples. Reduced here to fit about ten minutes of one GPU:
+
+* ``(T, pairs)`` in ``(64, 4), (128, 8), (256, 16)`` -- ``(512, 64)`` is left out;
+* widths 64, 128 and 256 -- 512 is left out;
+* {ZOOLOGY_STEPS} steps of batch {ZOOLOGY_BATCH} (a fresh batch every step, {ZOOLOGY_EXAMPLES:,} examples) instead of
+  64 epochs over 100,000 examples (about 12,500 steps of batch 512 at ``T = 64``);
+* one learning rate, {ZOOLOGY_LR:g} (the paper keeps the best of four), and one seed;
+* entries: Zoology's attention (``attention``, one head as in the paper), its gated convolutions ``h3`` and
+  ``hyena``, and ``mamba_ssd`` and ``gated_delta_net`` (plus ``rwkv`` when installed); ``--arch`` chooses others.
+"""
+
+from __future__ import annotations
+
+from edifice.errors import ConfigError
+from edifice_arena.arena import DEFAULT_ARCHS, ArenaConfig
+
+__all__ = ["DEFAULT_ARCHS", "SUITES", "ZOOLOGY_ARCHS", "suite"]
+
+DEFAULT_PARAMS = 100_000
+DEFAULT_STEPS = 600
+DEFAULT_BATCH = 32
+
+#: Entries of the zoology suite: the paper's attention and gated convolutions, and two newer recurrent mixers.
+ZOOLOGY_ARCHS = ("attention", "h3", "hyena", "mamba_ssd", "gated_delta_net", "rwkv")
+ZOOLOGY_GRID = ((64, 4), (128, 8), (256, 16))
+ZOOLOGY_WIDTHS = (64, 128, 256)
+ZOOLOGY_STEPS = 1000
+ZOOLOGY_BATCH = 128
+ZOOLOGY_EXAMPLES = ZOOLOGY_STEPS * ZOOLOGY_BATCH
+ZOOLOGY_LR = 1e-3
+
+#: Per-entry fields of the small default arena: Mamba-2's 64-wide heads would leave one head at d_model 64.
+_DEFAULT_OVERRIDES = {"mamba_ssd": {"head_dim": 16, "d_state": 16}}
+
+#: The suites by name.
+SUITES = ("default", "zoology")
+
+__doc__ = __doc__.format(**{k: v for k, v in globals().items() if k.isupper()})
+
+
+def suite(name: str, *, device: str = "cpu") -> list[ArenaConfig]:
+    """The arenas of suite ``name`` on ``device`` (one for ``default``, one per grid point for ``zoology``)."""
+    if name == "default":
+        return [
+            ArenaConfig(
+                archs=DEFAULT_ARCHS,
+                task="mqar",
+                task_options={"seq_len": 32, "num_kv_pairs": 4, "vocab": 64},
+                params=DEFAULT_PARAMS,
+                overrides={k: v for k, v in _DEFAULT_OVERRIDES.items() if k in DEFAULT_ARCHS},
+                steps=DEFAULT_STEPS,
+                batch_size=DEFAULT_BATCH,
+                lr=3e-3,
+                device=device,
+            )
+        ]
+    if name == "zoology":
+        return [
+            ArenaConfig(
+                archs=ZOOLOGY_ARCHS,
+                task="mqar",
+                task_options={"seq_len": seq_len, "num_kv_pairs": pairs, "vocab": 8192},
+                params=None,
+                d_model=width,
+                overrides={"attention": {"n_heads": 1}},
+                steps=ZOOLOGY_STEPS,
+                batch_size=ZOOLOGY_BATCH,
+                lr=ZOOLOGY_LR,
+                warmup_steps=ZOOLOGY_STEPS // 10,
+                device=device,
+                eval_batches=8,
+                eval_batch_size=128,
+            )
+            for seq_len, pairs in ZOOLOGY_GRID
+            for width in ZOOLOGY_WIDTHS
+        ]
+    raise ConfigError(f"unknown suite {name!r}; choose one of {', '.join(SUITES)}")
