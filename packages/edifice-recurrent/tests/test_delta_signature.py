@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import edifice
-from edifice.testing import signature
+from edifice.testing import redraw_parameters, signature
 from edifice_recurrent._delta_layers import DeltaMixer
 
 with warnings.catch_warnings():  # fla warns that it runs on CPU; these functions are plain PyTorch
@@ -98,6 +98,8 @@ def check_mixer(arch: str, **overrides: Any) -> None:
     model = edifice.build(arch, d_model=D_IN, n_layers=1, n_heads=2, head_dim=4, chunk_size=4, **overrides).eval()
     mixer = model.layers[0].mixer
     assert isinstance(mixer, DeltaMixer)
+    # Every parameter redrawn: the N(0, 0.02) weights and unit gains of the initialisation would hide a wrong one.
+    redraw_parameters(mixer, seed=2)
     x = torch.randn(B, T, D_IN, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         want = oracle(mixer, x)

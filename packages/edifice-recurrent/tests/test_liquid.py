@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import edifice
-from edifice.testing import signature
+from edifice.testing import redraw_parameters, signature
 from edifice_recurrent.liquid import CfCCell, Liquid, LiquidLayer, LTCCell
 
 F64 = torch.float64
@@ -27,7 +27,9 @@ def randn(*shape: int, seed: int, dtype: torch.dtype = torch.float32) -> torch.T
 def build(solver: str, *, seed: int = 0, **overrides: object) -> Liquid:
     torch.manual_seed(seed)
     fields = {"d_model": 6, "n_layers": 2, "d_in": 3, "solver": solver, "integration_steps": 3, **overrides}
-    return edifice.build("liquid", dtype=F64, **fields).eval()  # type: ignore[return-value]
+    model = edifice.build("liquid", dtype=F64, **fields).eval()
+    # Every parameter moved (μ = 0 and the biases included), so the oracles see each of them.
+    return redraw_parameters(model, seed=seed)  # type: ignore[return-value]
 
 
 # -- fp64 oracles from the papers ---------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from torch import Tensor
 
 import edifice
 from edifice.blocks.kv_cache import SlidingWindowKVCache
-from edifice.testing import signature
+from edifice.testing import redraw_parameters, signature
 from edifice.testing.tol import SCAN, Tolerance, assert_close
 from edifice_ssm.mamba import MambaMixer
 from edifice_ssm.samba import Samba, SlidingWindowAttention
@@ -31,10 +31,7 @@ def _build(seed: int = 0, **overrides: object) -> Samba:
     torch.manual_seed(seed)
     model = edifice.build("samba", **{**TINY, "window": WINDOW, "d_ff": 24, **overrides})
     assert isinstance(model, Samba)
-    with torch.no_grad():  # random gains and skips make the norms and D observable
-        for name, p in model.named_parameters():
-            if name.endswith(("norm.weight", ".D")):
-                p.uniform_(0.5, 1.5)
+    redraw_parameters(model, seed=seed)  # every parameter moved: gains, skips and biases all observable
     return model.eval()
 
 
