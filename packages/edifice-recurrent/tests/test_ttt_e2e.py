@@ -242,13 +242,13 @@ def test_the_capture_path_runs_the_inner_step_every_token_masked_by_row(monkeypa
     import edifice_recurrent.ttt_e2e as module
 
     model = build(6).eval()
-    x = _inputs(model, 13, seed=7)
-    left = torch.tensor([[False] * 3 + [True] * 10, [True] * 13])
+    x = _inputs(model, 9, seed=7)
+    left = torch.tensor([[False] * 3 + [True] * 6, [True] * 9])  # mini-batches end at steps 7 and 4, 8
     with torch.no_grad():
         want = model(input_ids=x, attention_mask=left)
         monkeypatch.setattr(module, "is_capturing", lambda: True)
         state = model.init_state(2)
-        pieces = [model.step(x[:, t : t + 1], state, attention_mask=left[:, t : t + 1])[0] for t in range(13)]
+        pieces = [model.step(x[:, t : t + 1], state, attention_mask=left[:, t : t + 1])[0] for t in range(9)]
     got = torch.cat(pieces, 1)
     assert_close(got[0, 3:], want[0, 3:], SCAN)
     assert_close(got[1], want[1], SCAN)

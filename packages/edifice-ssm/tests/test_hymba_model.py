@@ -180,16 +180,6 @@ def test_cross_layer_kv_sharing_saves_cache_and_projections_and_decodes_exactly(
         outs = [shared.step(u[:, :3], state)[0]] + [shared.step(u[:, t : t + 1], state)[0] for t in range(3, 7)]
     assert_close(torch.cat(outs, 1), full, SCAN, name="stepped with shared KV")  # type: ignore[arg-type]
     padding_is_invisible(shared)
-    shared.train()
-    grads = []
-    for enable in (False, True):  # checkpointed layers recompute; the consumers still reach the producer's K/V
-        shared.zero_grad()
-        shared.set_grad_checkpointing(enable)
-        call(shared, u).square().sum().backward()
-        grads.append([p.grad.clone() for p in shared.parameters() if p.grad is not None])
-    assert len(grads[0]) == len(list(shared.parameters()))
-    for a, b in zip(*grads, strict=True):
-        assert_close(a, b, SCAN, name="checkpointed gradients")
 
 
 def rotate_half(x: Tensor) -> Tensor:
@@ -237,7 +227,9 @@ def test_bad_inputs_raise_input_errors() -> None:
 
 
 def test_gradient_checkpointing_keeps_the_gradients() -> None:
-    model = build().train()
+    # Three local layers share one KV group: checkpointed consumers still reach their producer's keys and values.
+    model = build(n_layers=3, global_layers=()).train()
+    assert model.config.kv_groups == ((0, 1, 2),)
     u = inputs(model, 2, 6)
     grads = []
     for enable in (False, True):
