@@ -28,7 +28,7 @@ imaginary parts Lecun-normal per row (``trunc_standard_normal``: std ``1/√P``)
 ``log Δ`` uniform in ``[log dt_min, log dt_max]``.
 
 Deviations: ``Re Λ = -exp(·)`` is kept negative by its parameterisation (S5 optionally clips it instead). Padded
-positions count in BatchNorm's training statistics (the authors train on padded batches the same way).
+positions count in BatchNorm's training statistics (the authors' layer takes no mask either).
 """
 
 from __future__ import annotations
@@ -161,13 +161,18 @@ class SequenceBatchNorm(nn.BatchNorm1d):
         """Normalise ``x [B, T, H]`` (or ``[N, H]``); returns the same shape and dtype."""
         if x.shape[-1] != self.num_features:
             raise ValueError(f"SequenceBatchNorm: expected input [..., {self.num_features}], got {list(x.shape)}")
+        assert self.running_mean is not None and self.running_var is not None  # track_running_stats is always on
         flat = x.reshape(-1, self.num_features).float()  # (B·T, H): one sample per position
+        # Statistics in fp32 whatever the buffers' dtype (a bf16 model keeps bf16 buffers); written back in training.
+        mean, var = self.running_mean.float(), self.running_var.float()
         weight, bias = self.weight.float(), self.bias.float()
-        y = F.batch_norm(
-            flat, self.running_mean, self.running_var, weight, bias, self.training, self.momentum or 0.0, self.eps
-        )
-        if self.training and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
+        y = F.batch_norm(flat, mean, var, weight, bias, self.training, self.momentum or 0.0, self.eps)
+        if self.training:
+            if mean.data_ptr() != self.running_mean.data_ptr():  # a bf16 buffer: .float() made a copy
+                self.running_mean.copy_(mean)
+                self.running_var.copy_(var)
+            if self.num_batches_tracked is not None:
+                self.num_batches_tracked.add_(1)
         return y.reshape(x.shape).to(x.dtype)
 
 
