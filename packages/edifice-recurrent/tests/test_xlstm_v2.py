@@ -81,6 +81,12 @@ def test_matches_transformers_causal_lm(weight_mode: str, T: int) -> None:
     check_parity(weight_mode, T)
 
 
+def test_final_norm_uses_norm_eps() -> None:
+    hf = make_hf(seed=5, norm_eps=1e-3)
+    model = edifice.convert("transformers.xLSTMForCausalLM", hf).eval()
+    assert logit_error(hf, model, T=5) <= 3e-5 and model.norm.eps == 1e-3
+
+
 def test_single_token_matches_transformers_causal_lm() -> None:
     check_parity("single", 1)
 

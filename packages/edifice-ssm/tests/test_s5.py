@@ -140,6 +140,26 @@ def test_s5_default_block_is_the_authors_half_glu_with_pre_batchnorm() -> None:
         torch.testing.assert_close(model(x=x), want, atol=TOL, rtol=TOL)
 
 
+def test_s5_batchnorm_in_eval_keeps_step_equal_to_forward_and_samples_independent() -> None:
+    # After training moved the running statistics, eval-mode BatchNorm is a fixed per-channel affine map.
+    torch.manual_seed(3)
+    model = edifice.build("s5", d_model=8, n_layers=2, d_state=4, d_in=3)
+    x = torch.randn(3, 7, 3)
+    model.train()
+    for _ in range(3):
+        model(x=torch.randn(4, 7, 3))
+    model.eval()
+    with torch.no_grad():
+        full = model(x=x)
+        state = model.init_state(3)
+        stepped = torch.cat(
+            [model.step(x[:, :3], state)[0]] + [model.step(x[:, t : t + 1], state)[0] for t in range(3, 7)], 1
+        )
+        alone = model(x=x[1:2])
+    torch.testing.assert_close(stepped, full, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(alone, full[1:2], atol=TOL, rtol=TOL)
+
+
 @pytest.mark.parametrize("block", ["half_glu2", "full_glu", "gelu", "linear"])
 def test_s5_other_blocks_build_and_run(block: str) -> None:
     torch.manual_seed(2)
