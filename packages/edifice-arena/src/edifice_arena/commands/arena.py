@@ -24,7 +24,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--arch",
         type=_names,
         metavar="A,B,...",
-        help="comma-separated registry names (default: decoder_only, mamba_ssd, gated_delta_net, lstm, min_gru, rwkv)",
+        help="comma-separated registry names, or 'all' for every installed causal entry "
+        "(default: decoder_only, mamba_ssd, gated_delta_net, lstm, min_gru, rwkv)",
     )
     parser.add_argument("--task", help="mqar (default), selective_copying, induction_heads, parity or char_lm")
     parser.add_argument(
@@ -93,8 +94,11 @@ def _apply(config: Any, args: argparse.Namespace) -> Any:
 
     changes: dict[str, Any] = {}
     if args.arch is not None:
-        changes["archs"] = tuple(args.arch)
-        changes["overrides"] = {k: v for k, v in config.overrides.items() if k in args.arch}
+        import edifice
+
+        archs = tuple(edifice.list_architectures(causal=True)) if args.arch == ["all"] else tuple(args.arch)
+        changes["archs"] = archs
+        changes["overrides"] = {k: v for k, v in config.overrides.items() if k in archs}
     if args.task is not None and args.task != config.task:
         changes["task"] = args.task
         changes["task_options"] = {}

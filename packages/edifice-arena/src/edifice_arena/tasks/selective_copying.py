@@ -59,7 +59,7 @@ class SelectiveCopying(Task):
         B, T, M, A = batch_size, self.seq_len, self.num_tokens, self.vocab
         region = T - M
         tokens = torch.randint(1, A - 1, (B, M), generator=generator)
-        positions = torch.rand(B, region, generator=generator).argsort(dim=1)[:, :M].sort(dim=1).values
+        positions = torch.rand(B, region, generator=generator).topk(M, dim=1, largest=False).indices.sort(dim=1).values
         inputs = torch.zeros(B, T, dtype=torch.int64)
         inputs.scatter_(1, positions, tokens)
         inputs[:, region:] = A - 1
