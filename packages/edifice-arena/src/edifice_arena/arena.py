@@ -33,8 +33,17 @@ from edifice_arena.training import StepRecord, TrainConfig, Trainer, held_out_ev
 
 __all__ = ["ArenaConfig", "run"]
 
-#: Entries of the default arena, in table order (``rwkv`` joins when its distribution is installed).
-DEFAULT_ARCHS = ("decoder_only", "mamba_ssd", "gated_delta_net", "lstm", "min_gru", "rwkv")
+#: Entries of the default arena, in table order: a transformer, Mamba-2, Gated DeltaNet, an LSTM and minGRU.
+DEFAULT_ARCHS = ("decoder_only", "mamba_ssd", "gated_delta_net", "lstm", "min_gru")
+#: Entries that join the default arena when their distribution is installed (and stay silent otherwise).
+OPTIONAL_ARCHS = ("rwkv",)
+
+
+def default_archs() -> tuple[str, ...]:
+    """The default entries, plus the optional ones that are installed."""
+    installed = set(edifice.list_architectures())
+    return DEFAULT_ARCHS + tuple(name for name in OPTIONAL_ARCHS if name in installed)
+
 
 #: Config fields that cap the sequence length an entry accepts; set to the task's length when they are shorter.
 _CONTEXT_FIELDS = ("max_len", "max_seq_len", "max_position_embeddings")
@@ -44,7 +53,7 @@ _CONTEXT_FIELDS = ("max_len", "max_seq_len", "max_position_embeddings")
 class ArenaConfig:
     """One arena: the entries, the task, the common budget and how entries are sized; validates itself."""
 
-    archs: tuple[str, ...] = DEFAULT_ARCHS
+    archs: tuple[str, ...] = dataclasses.field(default_factory=default_archs)
     """Registry names of the entries (names not installed are skipped with the reason)."""
     task: str = "mqar"
     """Task name (see :data:`edifice_arena.tasks.TASKS`)."""

@@ -23,16 +23,16 @@ examples. Reduced here to fit about ten minutes of one GPU:
 from __future__ import annotations
 
 from edifice.errors import ConfigError
-from edifice_arena.arena import DEFAULT_ARCHS, ArenaConfig
+from edifice_arena.arena import ArenaConfig, default_archs
 
-__all__ = ["DEFAULT_ARCHS", "SUITES", "ZOOLOGY_ARCHS", "suite"]
+__all__ = ["SUITES", "ZOOLOGY_ARCHS", "suite"]
 
 DEFAULT_PARAMS = 100_000
 DEFAULT_STEPS = 600
 DEFAULT_BATCH = 32
 
 #: Entries of the zoology suite: the paper's attention and gated convolutions, and two newer recurrent mixers.
-ZOOLOGY_ARCHS = ("attention", "h3", "hyena", "mamba_ssd", "gated_delta_net", "rwkv")
+ZOOLOGY_ARCHS = ("attention", "h3", "hyena", "mamba_ssd", "gated_delta_net")
 ZOOLOGY_GRID = ((64, 4), (128, 8), (256, 16))
 ZOOLOGY_WIDTHS = (64, 128, 256)
 ZOOLOGY_STEPS = 1000
@@ -49,13 +49,14 @@ SUITES = ("default", "zoology")
 def suite(name: str, *, device: str = "cpu") -> list[ArenaConfig]:
     """The arenas of suite ``name`` on ``device`` (one for ``default``, one per grid point for ``zoology``)."""
     if name == "default":
+        archs = default_archs()
         return [
             ArenaConfig(
-                archs=DEFAULT_ARCHS,
+                archs=archs,
                 task="mqar",
                 task_options={"seq_len": 32, "num_kv_pairs": 4, "vocab": 64},
                 params=DEFAULT_PARAMS,
-                overrides={k: v for k, v in _DEFAULT_OVERRIDES.items() if k in DEFAULT_ARCHS},
+                overrides={k: v for k, v in _DEFAULT_OVERRIDES.items() if k in archs},
                 steps=DEFAULT_STEPS,
                 batch_size=DEFAULT_BATCH,
                 lr=3e-3,
@@ -63,9 +64,11 @@ def suite(name: str, *, device: str = "cpu") -> list[ArenaConfig]:
             )
         ]
     if name == "zoology":
+        installed = set(default_archs())
+        zoology_archs = ZOOLOGY_ARCHS + tuple(name for name in ("rwkv",) if name in installed)
         return [
             ArenaConfig(
-                archs=ZOOLOGY_ARCHS,
+                archs=zoology_archs,
                 task="mqar",
                 task_options={"seq_len": seq_len, "num_kv_pairs": pairs, "vocab": 8192},
                 params=None,

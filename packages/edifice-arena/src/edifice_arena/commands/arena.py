@@ -25,7 +25,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=_names,
         metavar="A,B,...",
         help="comma-separated registry names, or 'all' for every installed causal entry "
-        "(default: decoder_only, mamba_ssd, gated_delta_net, lstm, min_gru, rwkv)",
+        "(default: decoder_only, mamba_ssd, gated_delta_net, lstm, min_gru, and rwkv when installed)",
     )
     parser.add_argument("--task", help="mqar (default), selective_copying, induction_heads, parity or char_lm")
     parser.add_argument(
