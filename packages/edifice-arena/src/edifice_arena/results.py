@@ -7,6 +7,7 @@ second, peak memory, decode time and state), which vary from run to run.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -244,7 +245,11 @@ def _device_name(device: str) -> str:
 
     if device.startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(torch.device(device))
-    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+    name = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):  # Linux names the CPU model here; platform.processor() is often empty
+        models = [line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
+        name = models[0].split(":", 1)[1].strip() if models else name
+    return f"{name} ({torch.get_num_threads()} threads)"
 
 
 def _finite(value: Any) -> Any:
