@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 import edifice
 import edifice_arena
@@ -131,3 +132,9 @@ def test_config_validates_itself() -> None:
         edifice_arena.ArenaConfig(archs=("lstm",), overrides={"gru": {}})
     with pytest.raises(ConfigError, match="field 'schedule'"):
         edifice_arena.ArenaConfig(schedule="step")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has CUDA")
+def test_cuda_without_a_gpu_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["arena", "--device", "cuda", "--steps", "1"]) == 2
+    assert "field 'device'='cuda' asks for CUDA" in capsys.readouterr().err

@@ -126,6 +126,8 @@ class ArenaConfig:
         if unknown:
             self._fail("overrides", f"names {unknown[0]!r}, which is not an entry ({', '.join(self.archs)})")
         self.training_config(self.lr, seed=0)  # the trainer's own checks (schedule, warmup, precision, device)
+        if torch.device(self.device).type == "cuda" and not torch.cuda.is_available():
+            self._fail("device", "asks for CUDA, which this machine does not have")
 
     def _fail(self, name: str, message: str) -> None:
         raise ConfigError(f"ArenaConfig: field '{name}'={getattr(self, name)!r} {message}")
