@@ -4,16 +4,19 @@ Every entry of the family is the same layer around a different decay (each entry
 
     q = φ(Conv(x W_q)), k = φ(Conv(x W_k)), v = Conv(x W_v)        short convolutions optional, φ the feature map
     q, k <- rotate(q, k, positions)                                  an entry's position encoding (RetNet's Θ)
-    g = log_decay(x)                                                 [B, T, H] scalar or [B, T, H, K] vector, <= 0
-    S_t = diag(e^{g_t}) S_{t-1} + k_t v_tᵀ,   o_t = S_tᵀ q_t / sqrt(K)       edifice.ops.(gated_)linear_attention
-    y = (Norm_h(o) ⊙ SiLU(x W_g)) W_o                                per-head norm, output gate (optional)
+    q, k, v, g = gates(x, q, k, v)                                  g = log_decay(x): [B, T, H] or [B, T, H, K], <= 0
+    S_t = diag(e^{g_t}) S_{t-1} + k_t v_tᵀ,   o_t = S_tᵀ q_t · scale      edifice.ops.(gated_)linear_attention
+    y = (Norm(o) ⊙ act(x W_g)) W_o                                   per-head (or joint) norm, output gate (optional)
 
 :class:`LinearAttentionMixer` holds the projections, the short convolutions, the output gate and norm, and calls the
 op in its chunked form for a whole sequence and from the carried state for ``step`` (one position: the recurrent
 form). An entry subclasses it and implements :meth:`~LinearAttentionMixer.log_decay` (and, if it has one,
-:meth:`~LinearAttentionMixer.rotate`). :class:`LinearAttentionBackbone` stacks pre-norm blocks of that mixer and a
-feed-forward (:class:`~edifice.blocks.transformer.TransformerBlock` on :class:`~edifice.blocks.backbone.
-SequenceBackbone`).
+:meth:`~LinearAttentionMixer.rotate`); entries whose keys or values depend on the gate (HGRN-2's ``k = 1 - f``)
+override :meth:`~LinearAttentionMixer.gates`, and entries that read the state otherwise (the linear transformer's
+normaliser) override :meth:`~LinearAttentionMixer.attend`. :class:`LinearAttentionBackbone` stacks pre-norm blocks of
+that mixer and a feed-forward (:class:`~edifice.blocks.transformer.TransformerBlock` on
+:class:`~edifice.blocks.backbone.SequenceBackbone`); :meth:`~LinearAttentionBackbone.build_mixer` gets the layer
+index (lightning attention's decay depends on depth).
 
 Padding: positions where ``mask`` is False are fed as zero input with ``k = 0`` and ``g = 0``, an exact identity update
 of the state, and the short convolutions see zeros there, as before the first token; a left- or right-padded
@@ -72,12 +75,15 @@ class LinearAttentionMixer(nn.Module):
 
     #: Whether :meth:`log_decay` returns one decay per key channel ``[B, T, H, K]`` (else per head ``[B, T, H]``).
     vector_decay: ClassVar[bool] = False
+    #: Query scale of the read-out (None: ``1/sqrt(head_k_dim)``).
+    scale: float | None = None
 
     def __init__(self, config: LinearAttentionConfig) -> None:
         super().__init__()
         c = config
         self.n_heads, self.head_k_dim, self.head_v_dim = c.n_heads, c.head_k_dim, c.head_v_dim
         self.chunk_size = c.chunk_size
+        self.state_v_dim = c.head_v_dim  # columns of the matrix state (an entry may carry more, e.g. a normaliser)
         key_dim, value_dim = c.n_heads * c.head_k_dim, c.n_heads * c.head_v_dim
         self.q_proj = nn.Linear(c.d_model, key_dim, bias=False)
         self.k_proj = nn.Linear(c.d_model, key_dim, bias=False)
@@ -89,12 +95,19 @@ class LinearAttentionMixer(nn.Module):
             if c.use_short_conv
             else None
         )
-        self.feature_map = get_activation(c.feature_map) if c.feature_map is not None else None
+        self.feature_map = self.build_feature_map(c.feature_map)
         self.g_proj = nn.Linear(c.d_model, value_dim, bias=False) if c.use_output_gate else None
-        self.o_norm = get_norm(c.output_norm, c.head_v_dim, eps=c.norm_eps)  # one norm per head (GroupNorm-like)
+        self.gate_act = get_activation(c.output_gate_act)
+        self.norm_per_head = c.output_norm_per_head
+        # One norm per head (GroupNorm-like, one gain shared by the heads) or one over all heads' channels.
+        self.o_norm = get_norm(c.output_norm, c.head_v_dim if c.output_norm_per_head else value_dim, eps=c.norm_eps)
         self.o_proj = nn.Linear(value_dim, c.d_model, bias=False)
 
     # -- hooks for entries ------------------------------------------------------------------------------------------
+    def build_feature_map(self, name: str | None) -> nn.Module | None:
+        """The feature map φ applied to q and k, by activation name (None: none)."""
+        return get_activation(name) if name is not None else None
+
     def log_decay(self, x: Tensor) -> Tensor | None:
         """The log-decay ``g <= 0`` of each position, fp32 ``[B, T, H]`` (or ``[B, T, H, K]``); None: no decay."""
         return None
@@ -102,6 +115,25 @@ class LinearAttentionMixer(nn.Module):
     def rotate(self, q: Tensor, k: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
         """Position-dependent transform of ``q, k [B, T, H, K]`` at integer ``positions [B, T]`` (default: none)."""
         return q, k
+
+    def gates(
+        self, x: Tensor, q: Tensor, k: Tensor, v: Tensor, **inputs: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """``(q, k, v, g)`` given to the op, from the input and the heads ``[B, T, H, *]``: ``g = log_decay(x)``.
+
+        ``g`` may be None (no decay); ``inputs`` are the mixer's extra keywords (e.g. HGRN's per-layer lower bound).
+        """
+        return q, k, v, self.log_decay(x)
+
+    def attend(
+        self, q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, initial: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """The op on ``q, k [B, T, H, K]``, ``v [B, T, H, V]``, ``g``: ``(o [B, T, H, V], final state)``."""
+        kwargs: dict[str, Any] = {"scale": self.scale, "initial_state": initial, "chunk_size": self.chunk_size}
+        if self.vector_decay:
+            assert g is not None, f"{type(self).__name__}: a vector decay needs log_decay"
+            return ops.gated_linear_attention(q, k, v, g, **kwargs)
+        return ops.linear_attention(q, k, v, g, **kwargs)
 
     # -- decoding state ---------------------------------------------------------------------------------------------
     def init_state(
@@ -115,7 +147,7 @@ class LinearAttentionMixer(nn.Module):
         """Zero conv histories (in ``dtype``) and a zero fp32 state; constant size, so ``max_len`` is not needed."""
         device = self.o_proj.weight.device if device is None else device
         conv = [c.init_state(batch_size, device=device, dtype=dtype) for c in self._convs()]
-        S = torch.zeros(batch_size, self.n_heads, self.head_k_dim, self.head_v_dim, device=device, dtype=torch.float32)
+        S = torch.zeros(batch_size, self.n_heads, self.head_k_dim, self.state_v_dim, device=device, dtype=torch.float32)
         return LinearAttentionState(conv=conv, recurrent=S)
 
     # -- forward ----------------------------------------------------------------------------------------------------
@@ -141,8 +173,12 @@ class LinearAttentionMixer(nn.Module):
         mask: Tensor | None = None,
         positions: Tensor | None = None,
         state: LinearAttentionState | None = None,
+        **inputs: Tensor,
     ) -> Tensor:
-        """``x [B, T, d_model]`` -> ``[B, T, d_model]``; ``mask [B, T]`` marks valid positions; ``state`` is updated."""
+        """``x [B, T, d_model]`` -> ``[B, T, d_model]``; ``mask [B, T]`` marks valid positions; ``state`` is updated.
+
+        ``inputs`` are an entry's own per-layer tensors (given by its backbone's ``layer_inputs``), passed to ``gates``.
+        """
         B, T, _ = x.shape
         H, K, V = self.n_heads, self.head_k_dim, self.head_v_dim
         valid = None if mask is None else mask.to(x.dtype)[..., None]  # (B, T, 1)
@@ -155,16 +191,11 @@ class LinearAttentionMixer(nn.Module):
         if positions is None:
             positions = torch.arange(T, device=x.device).expand(B, T)
         q, k = self.rotate(q, k, positions)
-        g = self.log_decay(x)
+        q, k, v, g = self.gates(x, q, k, v, **inputs)
         if valid is not None:
             k = k * valid[..., None]  # a padded position writes nothing ...
             g = None if g is None else g * valid.float().view(B, T, *([1] * (g.dim() - 2)))  # ... and decays nothing
-        initial = None if state is None else state.recurrent
-        if self.vector_decay:
-            assert g is not None, f"{type(self).__name__}: a vector decay needs log_decay"
-            o, final = ops.gated_linear_attention(q, k, v, g, initial_state=initial, chunk_size=self.chunk_size)
-        else:
-            o, final = ops.linear_attention(q, k, v, g, initial_state=initial, chunk_size=self.chunk_size)
+        o, final = self.attend(q, k, v, g, None if state is None else state.recurrent)
         if state is not None:
             state.recurrent.copy_(final)
         out: Tensor = self.o_proj(self._output(o, x).flatten(2))
@@ -175,11 +206,11 @@ class LinearAttentionMixer(nn.Module):
         return [] if self.convs is None else [cast(CausalDepthwiseConv1d, c) for c in self.convs]
 
     def _output(self, o: Tensor, x: Tensor) -> Tensor:
-        """Per-head norm of the read-out ``o [B, T, H, V]``, times ``SiLU(x W_g)`` when the output is gated."""
-        y: Tensor = self.o_norm(o)
+        """Norm of the read-out ``o [B, T, H, V]`` (per head or joint), times ``act(x W_g)`` if the output is gated."""
+        y: Tensor = self.o_norm(o) if self.norm_per_head else self.o_norm(o.flatten(2)).view_as(o)
         if self.g_proj is not None:
             gate = self.g_proj(x).view(*o.shape)
-            y = (y.float() * F.silu(gate.float())).to(o.dtype)
+            y = (y.float() * self.gate_act(gate.float())).to(o.dtype)
         return y
 
 
@@ -200,8 +231,12 @@ class LinearAttentionBackbone(SequenceBackbone):
         c = self.config
         ffn = self.build_ffn() if c.ffn_hidden else None
         return TransformerBlock(
-            c.d_model, self.mixer_class(c), ffn, norm=c.norm, norm_eps=c.norm_eps, dropout=c.dropout
+            c.d_model, self.build_mixer(index), ffn, norm=c.norm, norm_eps=c.norm_eps, dropout=c.dropout
         )
+
+    def build_mixer(self, index: int) -> LinearAttentionMixer:
+        """The token mixer of layer ``index`` (the entry's :attr:`mixer_class`; the index is for depth-aware ones)."""
+        return self.mixer_class(self.config)
 
     def build_ffn(self) -> nn.Module:
         """The block's feed-forward (``ffn`` kind, ``ffn_hidden`` units); gated kinds carry no biases (Llama)."""

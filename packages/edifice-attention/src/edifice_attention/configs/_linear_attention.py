@@ -15,10 +15,19 @@ from typing import ClassVar
 from edifice import ArchSpec, Paper, field
 from edifice.sequence import SequenceConfig, sequence_inputs, sequence_outputs
 
-__all__ = ["BLOCK_NORMS", "FFN_KINDS", "OUTPUT_NORMS", "LinearAttentionConfig", "linear_attention_spec"]
+__all__ = [
+    "BLOCK_NORMS",
+    "FFN_KINDS",
+    "OUTPUT_GATE_ACTS",
+    "OUTPUT_NORMS",
+    "LinearAttentionConfig",
+    "linear_attention_spec",
+]
 
-#: Per-head normalisations of the read-out: RMSNorm (flash-linear-attention) or LayerNorm (GroupNorm over heads).
-OUTPUT_NORMS = ("rmsnorm", "layernorm")
+#: Normalisations of the read-out: RMSNorm (flash-linear-attention), LayerNorm (GroupNorm over heads) or none.
+OUTPUT_NORMS = ("rmsnorm", "layernorm", "none")
+#: Activations of the output gate: SiLU (RetNet, GLA) or sigmoid (MiniMax-01's lightning attention).
+OUTPUT_GATE_ACTS = ("silu", "sigmoid")
 #: Norms of the residual blocks.
 BLOCK_NORMS = ("rmsnorm", "layernorm")
 #: Feed-forward kinds of the residual blocks (``edifice.blocks.ffn.get_ffn``).
@@ -36,8 +45,10 @@ class LinearAttentionConfig(SequenceConfig):
     conv_size: int = field(4, "Kernel size of the short convolutions.")
     conv_bias: bool = field(False, "Bias in the short convolutions.")
     feature_map: str | None = field(None, "Activation applied to q and k (an edifice activation name), or None.")
-    use_output_gate: bool = field(True, "Multiply the normalised read-out by SiLU(x W_g).")
-    output_norm: str = field("rmsnorm", "Per-head norm of the read-out: 'rmsnorm' or 'layernorm' (GroupNorm).")
+    use_output_gate: bool = field(True, "Multiply the normalised read-out by act(x W_g), act = output_gate_act.")
+    output_gate_act: str = field("silu", "Activation of the output gate: 'silu' or 'sigmoid'.")
+    output_norm: str = field("rmsnorm", "Norm of the read-out: 'rmsnorm', 'layernorm' (GroupNorm) or 'none'.")
+    output_norm_per_head: bool = field(True, "Normalise each head's read-out alone (False: all heads together).")
     norm: str = field("rmsnorm", "Norm of the residual blocks and the final norm: 'rmsnorm' or 'layernorm'.")
     norm_eps: float = field(1e-6, "Epsilon of every norm.")
     ffn: str = field("swiglu", "Feed-forward kind of each block: 'swiglu', 'mlp' (GELU), 'geglu', 'reglu' or 'glu'.")
@@ -53,6 +64,7 @@ class LinearAttentionConfig(SequenceConfig):
         self.check_positive("n_heads", "expand_k", "expand_v", "conv_size", "norm_eps", "chunk_size", "init_std")
         self.check_positive("d_ff", allow_zero=True)
         self.check_choice("output_norm", OUTPUT_NORMS)
+        self.check_choice("output_gate_act", OUTPUT_GATE_ACTS)
         self.check_choice("norm", BLOCK_NORMS)
         self.check_choice("ffn", FFN_KINDS)
         for name in ("expand_k", "expand_v"):

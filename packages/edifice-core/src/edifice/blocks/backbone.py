@@ -12,6 +12,8 @@ everything else is shared::
 A layer is any module with ``layer(h, *, mask, positions, state) -> (h, aux_loss or None)`` (a bare tensor is also
 accepted) and ``layer.init_state(batch_size, *, max_len, device, dtype)``; :class:`~edifice.blocks.transformer.
 TransformerBlock` around an attention or SSM mixer is the usual one. Layer states are updated in place.
+:meth:`~SequenceBackbone.layer_inputs` gives each layer further keywords computed once per call from the whole
+stack's parameters (HGRN's lower bounds, a softmax over the layers).
 
 Padding: ``attention_mask [B, T]`` (True = valid) gives each position its index among the valid ones,
 ``positions = cumsum(mask) - 1``, so a left- or right-padded sequence is computed exactly like the unpadded one
@@ -103,6 +105,10 @@ class SequenceBackbone(Model):
         """
         return h
 
+    def layer_inputs(self) -> list[dict[str, Any]]:
+        """Extra keywords for each layer, computed once per call (a model's cross-layer tensors); none by default."""
+        return [{} for _ in self.layers]
+
     def embed_inputs(self, inputs: Tensor) -> Tensor:
         """Embed the primary input (``input_ids [B, T]`` or ``x [B, T, d_in]``) to ``[B, T, d_model]``."""
         if self.embed_tokens is not None:
@@ -136,11 +142,11 @@ class SequenceBackbone(Model):
         positions = None if attention_mask is None else _positions_from_mask(attention_mask)  # (B, T)
         h = self.embed_dropout(self.embed_positions(self.embed_inputs(inputs), positions))
         aux: Tensor | None = None
-        for layer in self.layers:
+        for layer, extra in zip(self.layers, self.layer_inputs(), strict=True):
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                out = checkpoint(layer, h, mask=attention_mask, positions=positions, use_reentrant=False)
+                out = checkpoint(layer, h, mask=attention_mask, positions=positions, use_reentrant=False, **extra)
             else:
-                out = layer(h, mask=attention_mask, positions=positions)
+                out = layer(h, mask=attention_mask, positions=positions, **extra)
             h, aux = _accumulate(out, aux)
         h = self.pool(self.norm(h), attention_mask)
         return self._output(h, aux)
@@ -212,8 +218,8 @@ class SequenceBackbone(Model):
             state.position.add_(attention_mask.sum(dim=-1))
         h = self.embed_dropout(self.embed_positions(self.embed_inputs(x), positions))
         aux: Tensor | None = None
-        for layer, layer_state in zip(self.layers, state.layers, strict=True):
-            h, aux = _accumulate(layer(h, mask=attention_mask, positions=positions, state=layer_state), aux)
+        for layer, layer_state, extra in zip(self.layers, state.layers, self.layer_inputs(), strict=True):
+            h, aux = _accumulate(layer(h, mask=attention_mask, positions=positions, state=layer_state, **extra), aux)
         return self._output(self.norm(h), aux), state
 
 

@@ -1,0 +1,103 @@
+"""Linear transformer: causal attention whose softmax is replaced by the kernel ``φ(q)ᵀφ(k)``, run as an RNN.
+
+Paper: Katharopoulos, Vyas, Pappas & Fleuret (2020), "Transformers are RNNs: Fast Autoregressive Transformers with
+Linear Attention", ICML 2020, https://arxiv.org/abs/2006.16236.
+
+Implemented (per head; the layer in :mod:`edifice_attention._linear_attention`):
+
+* eq. 5 / eq. 6, causal: ``V'_i = φ(Q_i)ᵀ Σ_{j<=i} φ(K_j) V_jᵀ / (φ(Q_i)ᵀ Σ_{j<=i} φ(K_j))``;
+* §3.2.1, the feature map ``φ(x) = elu(x) + 1`` (positive, so the normaliser is);
+* eqs. 16-20, the RNN form: ``s_i = s_{i-1} + φ(K_i) V_iᵀ``, ``z_i = z_{i-1} + φ(K_i)``, ``V'_i = φ(Q_i)ᵀ s_i /
+  (φ(Q_i)ᵀ z_i)`` (the ``step`` path). Both sums are one linear-attention state: the values get a column of ones,
+  ``[V_i, 1]``, so ``S = [s, z]`` is ``[d_k, d_v + 1]`` and :func:`edifice.ops.linear_attention` (no decay, query scale
+  1: the scale cancels in the ratio) computes numerator and normaliser together in its chunked (training), parallel
+  and recurrent forms;
+* the transformer around it (§3.1), as the authors' fast-transformers builder makes it: multi-head projections
+  ``W_Q, W_K, W_V, W_O``, post-norm residual blocks ``LayerNorm(x + Attn(x))``, ``LayerNorm(x + FFN(x))`` with a
+  ReLU feed-forward of width ``4d``; the normaliser adds ``eps = 1e-6`` (fast-transformers' ``CausalLinearAttention``).
+
+Deviations: none in the mechanism. fast-transformers' projections have biases; these have none (the family's layer,
+as in flash-linear-attention's ``LinearAttention``). ``feature_map='relu'``/``'identity'`` with ``normalize=False``,
+``output_norm='rmsnorm'`` and ``norm_position='pre'`` give flash-linear-attention's unnormalised variants.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from edifice.blocks.ffn import get_ffn
+from edifice.blocks.transformer import TransformerBlock
+from edifice.config import ArchConfig
+from edifice_attention._linear_attention import LinearAttentionBackbone, LinearAttentionMixer
+from edifice_attention.configs.linear_transformer import LinearTransformerConfig
+
+__all__ = ["EluPlusOne", "LinearTransformer", "NormalizedLinearAttention"]
+
+
+class EluPlusOne(nn.Module):
+    """``φ(x) = elu(x) + 1 > 0`` (§3.2.1)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Elementwise ``elu(x) + 1``."""
+        return F.elu(x) + 1.0
+
+
+class NormalizedLinearAttention(LinearAttentionMixer):
+    """Causal linear attention with the normaliser of eq. 5, its sums carried in one ``[d_k, d_v + 1]`` state."""
+
+    scale = 1.0  # the paper has no 1/sqrt(d_k): with the normaliser it cancels (up to eps)
+
+    def __init__(self, config: LinearTransformerConfig) -> None:
+        super().__init__(config)
+        self.normalize = config.normalize
+        self.eps = config.normalizer_eps
+        if config.normalize:
+            self.state_v_dim = config.head_v_dim + 1  # [s, z]: the numerator's state and the normaliser's
+
+    def build_feature_map(self, name: str | None) -> nn.Module | None:
+        """``elu_plus_one`` (the paper's φ), else the activation of that name."""
+        return EluPlusOne() if name == "elu_plus_one" else super().build_feature_map(name)
+
+    def attend(
+        self, q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, initial: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """``φ(q)ᵀ s / (φ(q)ᵀ z + eps)`` (eqs. 5, 20): one op call on ``[v, 1]``; the state is ``[s, z]``."""
+        if not self.normalize:
+            return super().attend(q, k, v, g, initial)
+        ones = torch.ones_like(v[..., :1])
+        o, final = super().attend(q, k, torch.cat([v, ones], -1), g, initial)
+        o = o.float()
+        return (o[..., :-1] / (o[..., -1:] + self.eps)).to(v.dtype), final
+
+
+class LinearTransformer(LinearAttentionBackbone):
+    """Linear-transformer backbone: residual blocks of normalised linear attention and a feed-forward (§3.1)."""
+
+    config_class: ClassVar[type[ArchConfig]] = LinearTransformerConfig
+    config: LinearTransformerConfig
+    mixer_class = NormalizedLinearAttention
+
+    def build_layer(self, index: int) -> nn.Module:
+        """One residual block, post-norm by default (fast-transformers' ``TransformerEncoderLayer``)."""
+        c = self.config
+        ffn = self.build_ffn() if c.ffn_hidden else None
+        return TransformerBlock(
+            c.d_model,
+            self.build_mixer(index),
+            ffn,
+            norm=c.norm,
+            norm_eps=c.norm_eps,
+            norm_position=c.norm_position,
+            dropout=c.dropout,
+        )
+
+    def build_ffn(self) -> nn.Module:
+        """``Linear -> ffn_activation -> Linear`` with biases for ``ffn='mlp'``; the gated kinds as the family's."""
+        c = self.config
+        if c.ffn != "mlp":
+            return super().build_ffn()
+        return get_ffn("mlp", c.d_model, c.ffn_hidden, activation=c.ffn_activation)
