@@ -1,7 +1,8 @@
-"""edifice.ops.delta_rule / gated_delta_rule: the chunked WY form vs the token loop and fla's naive code."""
+"""edifice.ops.delta_rule / gated_delta_rule / generalized_delta_rule: chunked WY form vs token loops and fla."""
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -16,8 +17,11 @@ from edifice.ops.delta_rule import (
     delta_rule_reference,
     gated_delta_rule_naive,
     gated_delta_rule_reference,
+    generalized_delta_rule_naive,
+    generalized_delta_rule_recurrent,
+    generalized_delta_rule_reference,
 )
-from edifice.testing.mutate import delta_rule_without_erase
+from edifice.testing.mutate import delta_rule_without_erase, generalized_delta_rule_without_removal
 
 TOL = 2e-5
 
@@ -25,6 +29,7 @@ with warnings.catch_warnings():  # fla warns that it runs on CPU; its naive func
     warnings.simplefilter("ignore")
     from fla.ops.delta_rule.naive import delta_rule_recurrence
     from fla.ops.gated_delta_rule.naive import naive_recurrent_gated_delta_rule
+    from fla.ops.generalized_delta_rule.dplr.naive import dplr_recurrence
 
 
 def make(
@@ -170,3 +175,114 @@ def test_invalid_arguments_raise_clear_errors(change: dict[str, Any], error: typ
     args.update(change)
     with pytest.raises(error, match=match):
         ops.gated_delta_rule(**args)
+
+
+# -- the generalized delta rule (RWKV-7, KDA) ---------------------------------------------------------------------
+def make_generalized(B: int, T: int, H: int, K: int, V: int, *, seed: int) -> list[torch.Tensor]:
+    """q, k, v, RWKV-7's removal vectors a = -κ̂, b = κ̂ ⊙ rate, its log-decay in [-e^{-0.5}, 0), initial state."""
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, T, H, K, generator=gen)
+    k = torch.randn(B, T, H, K, generator=gen)
+    v = torch.randn(B, T, H, V, generator=gen)
+    kappa = F.normalize(torch.randn(B, T, H, K, generator=gen), dim=-1)
+    rate = torch.rand(B, T, H, K, generator=gen)
+    g = -math.exp(-0.5) * torch.rand(B, T, H, K, generator=gen)
+    h0 = torch.randn(B, H, K, V, generator=gen)
+    return [q, k, v, -kappa, kappa * rate, g, h0]
+
+
+def packed6(fn: Callable[..., tuple[torch.Tensor, torch.Tensor]], **kw: Any) -> Callable[..., torch.Tensor]:
+    """``fn(q, k, v, a, b, g, initial_state=h0)`` with outputs and final state flattened into one tensor."""
+
+    def call(*args: torch.Tensor) -> torch.Tensor:
+        *xs, h0 = args
+        o, S = fn(*xs, initial_state=h0, **kw)
+        return torch.cat([o.flatten(), S.flatten()])
+
+    return call
+
+
+# name: (B, T, H, K, V, chunk_size); chunk sizes do not divide T (48: sub-chunks of 16, 7: of 1).
+GENERALIZED_SHAPES = {
+    "T1": (2, 1, 2, 4, 3, 64),
+    "T63-chunk16": (1, 63, 2, 8, 6, 16),
+    "T130-chunk48": (1, 130, 1, 6, 5, 48),
+    "T10-K60-chunk4": (1, 10, 1, 60, 60, 4),
+}
+
+
+@pytest.mark.parametrize("shape", GENERALIZED_SHAPES.values(), ids=list(GENERALIZED_SHAPES))
+def test_generalized_forms_agree(shape: tuple[int, ...], agree: Any) -> None:
+    """Chunked == recurrent == the token loop of eq. 16, on outputs, final state and every gradient."""
+    *dims, chunk = shape
+    args = make_generalized(*dims, seed=sum(dims))
+    naive = packed6(generalized_delta_rule_naive)
+    agree(packed6(generalized_delta_rule_reference, chunk_size=chunk), naive, *args, atol=TOL, rtol=TOL)
+    if dims[1] <= 63:
+        agree(packed6(generalized_delta_rule_recurrent), naive, *args, atol=TOL, rtol=TOL)
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 2, 4, 3), (1, 37, 2, 8, 6)], ids=["T1", "T37"])
+def test_generalized_matches_fla_dplr_recurrence(shape: tuple[int, ...], agree: Any) -> None:
+    """fla's naive DPLR recurrence (``S = S·e^{gk} + b (aᵀ S) + k vᵀ``, head-major, scale K^-1/2) on CPU."""
+
+    def fla(*args: torch.Tensor) -> torch.Tensor:
+        *xs, h0 = args
+        o, S = dplr_recurrence(*(x.transpose(1, 2) for x in xs), initial_state=h0)
+        return torch.cat([o.transpose(1, 2).flatten(), S.flatten()])
+
+    args = make_generalized(*shape, seed=8)
+    agree(packed6(ops.generalized_delta_rule, chunk_size=16), fla, *args, atol=TOL, rtol=TOL)
+
+
+def test_generalized_covers_the_gated_delta_rule() -> None:
+    """α(I - β k kᵀ) is diag(α) + b aᵀ with a = -α k, b = β k and the written key β k (module doc)."""
+    q, k, v, beta, g, h0 = make(2, 21, 2, 6, 4, seed=9)
+    assert g is not None
+    want, S = ops.gated_delta_rule(q, k, v, beta, g, initial_state=h0, chunk_size=8)
+    k_beta = k * beta[..., None]
+    decay = g[..., None].expand_as(k).contiguous()
+    got, S2 = ops.generalized_delta_rule(q, k_beta, v, -k * decay.exp(), k_beta, decay, initial_state=h0, chunk_size=8)
+    torch.testing.assert_close(got, want, atol=TOL, rtol=TOL)
+    torch.testing.assert_close(S2, S, atol=TOL, rtol=TOL)
+
+
+def test_generalized_removal_is_what_the_mutation_drops() -> None:
+    """RWKV-7's removal with rate 1 and no decay erases what the state stored at κ̂: Sᵀκ̂ = v after the step."""
+    q, _, v, a, _, g, h0 = make_generalized(1, 6, 2, 5, 3, seed=10)
+    kappa = -a
+    _, S = ops.generalized_delta_rule(q, kappa, v, a, kappa, torch.zeros_like(g), initial_state=h0)
+    torch.testing.assert_close(torch.einsum("bhkv,bhk->bhv", S, kappa[:, -1]), v[:, -1], atol=TOL, rtol=TOL)
+    _, S_lin = generalized_delta_rule_without_removal(q, kappa, v, a, kappa, torch.zeros_like(g), initial_state=h0)
+    assert not torch.allclose(torch.einsum("bhkv,bhk->bhv", S_lin, kappa[:, -1]), v[:, -1], atol=1e-2)
+
+
+def test_generalized_splitting_and_low_precision(relative_l2: Any) -> None:
+    q, k, v, a, b, g, h0 = make_generalized(2, 30, 2, 6, 4, seed=11)
+    whole, S = ops.generalized_delta_rule(q, k, v, a, b, g, initial_state=h0, chunk_size=64)
+    first, mid = ops.generalized_delta_rule(*(x[:, :11] for x in (q, k, v, a, b, g)), initial_state=h0, chunk_size=4)
+    rest, end = ops.generalized_delta_rule(*(x[:, 11:] for x in (q, k, v, a, b, g)), initial_state=mid, chunk_size=5)
+    torch.testing.assert_close(torch.cat([first, rest], 1), whole, atol=TOL, rtol=TOL)
+    torch.testing.assert_close(end, S, atol=TOL, rtol=TOL)
+    half, S_half = ops.generalized_delta_rule(*(x.bfloat16() for x in (q, k, v, a, b, g)), initial_state=h0)
+    assert half.dtype == torch.bfloat16 and S_half.dtype == torch.float32
+    assert relative_l2(half, whole) <= 2e-2 and relative_l2(S_half, S) <= 2e-2
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "match"),
+    [
+        ({"a": torch.zeros(2, 5, 2)}, ValueError, r"a must be \[B, T, H, K\] \(4-D\)"),
+        ({"b": torch.zeros(2, 5, 2, 3)}, ValueError, r"b must be \[B, T, H, K\] = \[2, 5, 2, 4\]"),
+        ({"g": torch.zeros(2, 5, 2)}, ValueError, r"g must be \[B, T, H, K\] \(4-D\)"),
+        ({"g": None}, TypeError, r"g must be a tensor \[B, T, H, K\]"),
+    ],
+)
+def test_generalized_invalid_arguments_raise_clear_errors(
+    change: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    args: dict[str, Any] = {name: torch.zeros(2, 5, 2, 4) for name in ("q", "k", "a", "b", "g")}
+    args["v"] = torch.zeros(2, 5, 2, 3)
+    args.update(change)
+    with pytest.raises(error, match=match):
+        ops.generalized_delta_rule(**args)

@@ -31,7 +31,7 @@ from edifice.ops._registry import (
 )
 from edifice.ops.attention import sdpa
 from edifice.ops.conv import causal_conv1d, causal_conv1d_state
-from edifice.ops.delta_rule import delta_rule, gated_delta_rule
+from edifice.ops.delta_rule import delta_rule, gated_delta_rule, generalized_delta_rule
 from edifice.ops.linear_attention import gated_linear_attention, linear_attention
 from edifice.ops.log_scan import log_scan
 from edifice.ops.long_conv import long_conv
@@ -52,6 +52,7 @@ __all__ = [
     "delta_rule",
     "gated_delta_rule",
     "gated_linear_attention",
+    "generalized_delta_rule",
     "get_op",
     "implementations",
     "linear_attention",

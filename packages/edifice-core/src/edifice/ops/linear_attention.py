@@ -208,23 +208,28 @@ def _parallel(
     return o, final
 
 
-def _intra_vector(q: torch.Tensor, k: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def _intra_vector(
+    q: torch.Tensor, k: torch.Tensor, b: torch.Tensor, *, b_q: torch.Tensor | None = None, strict: bool = False
+) -> torch.Tensor:
     """Intra-chunk scores ``A_ij = Σ_c q_ic k_jc e^{b_ic - b_jc}`` (``j <= i``) by secondary chunking (module doc).
 
-    q, k, b ``(B, H, N, C, K)`` with ``b`` the in-chunk cumulative log-decay -> ``(B, H, N, C, C)``.
+    q, k, b ``(B, H, N, C, K)`` with ``b`` the in-chunk cumulative log-decay -> ``(B, H, N, C, C)``. The generalized
+    delta rule also needs ``A_ij = Σ_c q_ic k_jc e^{b_q,ic - b_jc}`` for ``j < i`` (``strict``) with a query-side
+    cumulative ``b_q`` (its exclusive one, ``b - g``); every exponent stays ``<= 0`` when ``b_q,i <= b_j`` there.
     """
     *lead, C, K = q.shape
     c = math.gcd(C, SUB_CHUNK)
     P = C // c
-    qs, ks, bs = (x.reshape(*lead, P, c, K) for x in (q, k, b))  # (B, H, N, P, c, K)
-    ref = bs[..., :1, :]  # (B, H, N, P, 1, K): cumulative log-decay at each sub-chunk's first step
+    bq = b if b_q is None else b_q
+    qs, ks, bs, bqs = (x.reshape(*lead, P, c, K) for x in (q, k, b, bq))  # (B, H, N, P, c, K)
+    ref = bqs[..., :1, :]  # (B, H, N, P, 1, K): query-side cumulative log-decay at each sub-chunk's first step
     # Between sub-chunks: query i of sub-chunk p and key j of an earlier sub-chunk, e^{b_i - r_p} · e^{r_p - b_j}.
     earlier = torch.arange(C, device=q.device)[None, :] < (torch.arange(P, device=q.device) * c)[:, None]  # (P, C)
     k_exp = (ref - b.unsqueeze(-3)).masked_fill(~earlier[..., None], -math.inf)  # (B, H, N, P, C, K), <= 0 kept
-    inter = torch.einsum("...pik,...pjk->...pij", qs * (bs - ref).exp(), k.unsqueeze(-3) * k_exp.exp())
-    # Inside a sub-chunk: the full [c, c, K] decay tensor, masked above the diagonal before exp.
-    causal = torch.ones(c, c, dtype=torch.bool, device=q.device).tril()
-    diag_decay = (bs[..., :, None, :] - bs[..., None, :, :]).masked_fill(~causal[..., None], -math.inf).exp()
+    inter = torch.einsum("...pik,...pjk->...pij", qs * (bqs - ref).exp(), k.unsqueeze(-3) * k_exp.exp())
+    # Inside a sub-chunk: the full [c, c, K] decay tensor, masked above (or on) the diagonal before exp.
+    causal = torch.ones(c, c, dtype=torch.bool, device=q.device).tril(-1 if strict else 0)
+    diag_decay = (bqs[..., :, None, :] - bs[..., None, :, :]).masked_fill(~causal[..., None], -math.inf).exp()
     diag = torch.einsum("...ik,...jk,...ijk->...ij", qs, ks, diag_decay)  # (B, H, N, P, c, c)
     # Put each diagonal block into its sub-chunk's columns: (P, c, P, c) block-diagonal, then (C, C).
     eye = torch.eye(P, dtype=q.dtype, device=q.device)

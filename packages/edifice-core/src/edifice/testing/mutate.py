@@ -27,6 +27,7 @@ __all__ = [
     "delta_rule_without_erase",
     "exclusive_linear_attention",
     "gated_linear_attention_without_decay",
+    "generalized_delta_rule_without_removal",
     "memory_gd_without_update",
     "mimo_ssd_without_decay",
     "mlstm_without_forget",
@@ -160,6 +161,26 @@ def gated_linear_attention_without_decay(
     return gated_linear_attention_reference(q, k, v, torch.zeros_like(g), **kwargs)
 
 
+def generalized_delta_rule_without_removal(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    g: torch.Tensor,
+    **kwargs: Any,
+) -> Any:
+    """The generalized delta rule without its removal term ``b_t a_tᵀ S_{t-1}``: gated linear attention
+    ``S_t = diag(e^{g_t}) S_{t-1} + k_t v_tᵀ`` (RWKV-6's state update), which decays but never corrects what a key
+    already stores.
+
+    q, k, a, b, g ``[B, T, H, K]``, v ``[B, T, H, V]`` -> ``(o [B, T, H, V], state [B, H, K, V])``.
+    """
+    from edifice.ops.linear_attention import gated_linear_attention_reference
+
+    return gated_linear_attention_reference(q, k, v, g, **kwargs)
+
+
 def ssd_without_decay(
     x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, **kwargs: Any
 ) -> Any:
@@ -243,6 +264,7 @@ MUTATIONS: dict[str, Callable[..., torch.Tensor]] = {
     "gated_delta_rule": delta_rule_without_erase,
     "linear_attention": exclusive_linear_attention,
     "gated_linear_attention": gated_linear_attention_without_decay,
+    "generalized_delta_rule": generalized_delta_rule_without_removal,
     "sdpa": unmasked_sdpa,
     "ssd": ssd_without_decay,
     "mimo_ssd": mimo_ssd_without_decay,
