@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -20,7 +21,17 @@ from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin
 from edifice._text import did_you_mean
 from edifice.errors import ConfigError
 
-__all__ = ["ArchConfig", "field"]
+__all__ = ["ACTIVATION_NAMES", "ArchConfig", "field"]
+
+#: Every name ``edifice.blocks.activations.get_activation`` accepts (canonical names and aliases, lower case), kept
+#: here so that configs validate an activation without importing torch (a test keeps the two lists equal).
+ACTIVATION_NAMES = frozenset(
+    {
+        "elu", "gelu", "gelu_fast", "gelu_new", "gelu_pytorch_tanh", "gelu_tanh", "identity", "leaky_relu", "linear",
+        "mish", "none", "quick_gelu", "relu", "relu2", "relu_squared", "sigmoid", "silu", "softplus", "squared_relu",
+        "swish", "tanh",
+    }
+)  # fmt: skip
 
 _MISSING: Any = dataclasses.MISSING
 C = TypeVar("C", bound="ArchConfig")
@@ -85,6 +96,14 @@ class ArchConfig:
         if value not in allowed:
             hint = did_you_mean(value, [str(c) for c in allowed]) if isinstance(value, str) else ""
             self.fail(name, f"is not one of {', '.join(repr(c) for c in allowed)}.{hint}")
+
+    def check_activation(self, *names: str) -> None:
+        """Require each named field to name an activation (:data:`ACTIVATION_NAMES`, any case); ``None`` is allowed."""
+        for name in names:
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or value.lower() not in ACTIVATION_NAMES):
+                hint = did_you_mean(value, sorted(ACTIVATION_NAMES)) if isinstance(value, str) else ""
+                self.fail(name, f"is not an activation; valid names: {', '.join(sorted(ACTIVATION_NAMES))}.{hint}")
 
     def check_divides(self, divisor: str, dividend: str) -> None:
         """Require field ``divisor`` to divide field ``dividend`` exactly."""
@@ -217,7 +236,8 @@ def _coerce(value: Any, tp: Any) -> Any:
             return value
         raise _Mismatch
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        # NaN and infinities pass every range check (all comparisons with NaN are false) and reach the weights.
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise _Mismatch
         return float(value)
     if tp is int:
@@ -235,8 +255,9 @@ def _check_type(config: ArchConfig, name: str, value: Any, tp: Any) -> Any:
     try:
         return _coerce(value, tp)
     except _Mismatch:
+        finite = " (a finite number)" if isinstance(value, float) and not math.isfinite(value) else ""
         raise ConfigError(
-            f"{config._label()}: field '{name}' expects {_describe(tp)}, got {type(value).__name__} ({value!r})"
+            f"{config._label()}: field '{name}' expects {_describe(tp)}{finite}, got {type(value).__name__} ({value!r})"
         ) from None
 
 

@@ -23,6 +23,11 @@ __all__ = ["DEFAULT_DIMS", "active_specs", "dtype_matches", "example_inputs", "r
 
 #: Sizes given to free shape symbols by :func:`example_inputs` unless overridden.
 DEFAULT_DIMS: dict[str, int] = {"T": 8, "N": 10, "E": 24, "H": 16, "W": 16}
+#: Symbols that must be at least 1: an empty batch, sequence, node set or image has nothing to compute on (a graph
+#: may have no edges, so ``E`` may be 0).
+NONEMPTY_SYMBOLS = {"B": "sample", "T": "position", "N": "node", "H": "row", "W": "column"}
+#: Integer dtypes every index operation accepts (``nn.Embedding``, ``gather``, ``index_select``).
+INDEX_DTYPES = (torch.int64, torch.int32)
 
 
 def _env(config: ArchConfig) -> dict[str, Any]:
@@ -51,7 +56,7 @@ def dtype_matches(declared: str, dtype: torch.dtype) -> bool:
     if declared == "bool":
         return dtype == torch.bool
     if declared.startswith("int"):
-        return not dtype.is_floating_point and not dtype.is_complex and dtype != torch.bool
+        return dtype in INDEX_DTYPES
     return dtype.is_floating_point
 
 
@@ -59,12 +64,23 @@ def _dtype_words(ts: TensorSpec) -> str:
     if ts.dtype == "bool":
         return "bool"
     if ts.dtype.startswith("int"):
-        return f"{ts.dtype} (an integer dtype)"
+        return f"{ts.dtype} (int64 or int32)"
     return f"{ts.dtype} (a floating dtype)"
 
 
-def validate_inputs(spec: ArchSpec, config: ArchConfig, inputs: Mapping[str, Any]) -> dict[str, int]:
-    """Check ``inputs`` against the spec's input tensors; return the symbol sizes found (``B``, ``T``, ...)."""
+def validate_inputs(
+    spec: ArchSpec,
+    config: ArchConfig,
+    inputs: Mapping[str, Any],
+    *,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> dict[str, int]:
+    """Check ``inputs`` against the spec's input tensors; return the symbol sizes found (``B``, ``T``, ...).
+
+    With ``device``, every input must be on it; with ``dtype`` (the model's floating dtype), floating inputs must
+    have it unless autocast is on for their device.
+    """
     if torch.compiler.is_compiling():
         return {}
     name = spec.name
@@ -81,6 +97,12 @@ def validate_inputs(spec: ArchSpec, config: ArchConfig, inputs: Mapping[str, Any
             continue
         if not isinstance(value, torch.Tensor):
             raise InputError(f"{name}: input '{key}' expected a torch.Tensor, got {type(value).__name__}")
+        if device is not None and value.device != device:
+            # Checked first: any other check of a tensor on the wrong device would fail inside torch.
+            raise InputError(
+                f"{name}: input '{key}' expected on device {device} (the model's), got {value.device}; "
+                f"move it with .to({str(device)!r})"
+            )
         present.append((key, ts, value))
     for key in inputs:
         if key not in specs and inputs[key] is not None:
@@ -105,8 +127,36 @@ def validate_inputs(spec: ArchSpec, config: ArchConfig, inputs: Mapping[str, Any
                 raise _shape_error(name, key, ts, value, env, bound)
         if not dtype_matches(ts.dtype, value.dtype):
             raise InputError(f"{name}: input '{key}' expected dtype {_dtype_words(ts)}, got {_short(value.dtype)}")
+        if (
+            dtype is not None
+            and value.is_floating_point()
+            and value.dtype != dtype
+            and not torch.is_autocast_enabled(value.device.type)
+        ):
+            raise InputError(
+                f"{name}: input '{key}' expected dtype {_short(dtype)} (the model's parameters), got "
+                f"{_short(value.dtype)}; cast the input with .to(torch.{_short(dtype)}), the model with "
+                f".to(torch.{_short(value.dtype)}), or run under torch.autocast"
+            )
         _check_domain(name, key, ts, value, {**env, **bound})
+    _check_nonempty(name, present, env, bound)
     return bound
+
+
+def _check_nonempty(
+    name: str, present: list[tuple[str, TensorSpec, torch.Tensor]], env: Mapping[str, Any], bound: Mapping[str, int]
+) -> None:
+    """Refuse an empty batch, sequence, node set or image (:data:`NONEMPTY_SYMBOLS`) in one clear message."""
+    empty = [symbol for symbol in NONEMPTY_SYMBOLS if bound.get(symbol) == 0]
+    if not empty:
+        return
+    symbol = empty[0]
+    key, ts, value = next((k, t, v) for k, t, v in present if symbol in resolve_shape_pattern(t, env))
+    got = "[" + ", ".join(str(s) for s in value.shape) + "]"
+    raise InputError(
+        f"{name}: input '{key}' expected {_describe_shape(ts, env, bound)} with {symbol} >= 1 (at least one "
+        f"{NONEMPTY_SYMBOLS[symbol]}), got {got}"
+    )
 
 
 def _check_inactive(
@@ -147,6 +197,8 @@ def _check_domain(name: str, key: str, ts: TensorSpec, value: torch.Tensor, env:
     try:
         low, high = domain.bounds(env)
     except NameError:  # a bound on a symbol no input shape fixes (e.g. B for graphs): nothing to check against
+        return
+    if low is None or high is None:  # a bound that applies only under some configs (it evaluates to None here)
         return
     vmin, vmax = value.min().item(), value.max().item()
     above = vmax > high if domain.high_inclusive else vmax >= high
@@ -246,8 +298,8 @@ def _random(ts: TensorSpec, shape: tuple[int, ...], env: Mapping[str, Any], gene
         low = 0 if low is None else int(low)
         high = 2**15 if high is None else int(high) + (1 if domain.high_inclusive else 0)
         return torch.randint(low, high, shape, generator=generator, dtype=dtype)
-    if domain.low is not None:
-        low, high = domain.bounds(env)
+    low, high = domain.bounds(env) if domain.low is not None else (None, None)
+    if low is not None and high is not None:
         uniform = torch.rand(shape, generator=generator, dtype=dtype)
         return uniform * float(high - low) + float(low)
     return torch.randn(shape, generator=generator, dtype=dtype)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, ClassVar
 
 import torch
@@ -45,10 +46,22 @@ class Model(nn.Module):
         return get_spec(self.config.arch)
 
     def check_inputs(self, **inputs: Any) -> dict[str, int]:
-        """Validate inputs against the spec (no-op under ``torch.compile``); returns the symbol sizes found."""
+        """Validate inputs against the spec, this module's device and floating dtype; returns the symbol sizes found.
+
+        A no-op under ``torch.compile``. A module without parameters or buffers accepts inputs on any device and of
+        any floating dtype.
+        """
         if torch.compiler.is_compiling():
             return {}
-        return validate_inputs(self.spec, self.config, inputs)
+        reference = next(itertools.chain(self.parameters(), self.buffers()), None)
+        floating = next((p for p in self.parameters() if p.is_floating_point()), None)
+        return validate_inputs(
+            self.spec,
+            self.config,
+            inputs,
+            device=reference.device if reference is not None else None,
+            dtype=floating.dtype if floating is not None else None,
+        )
 
     def example_inputs(self, batch_size: int = 2, **dims: int) -> dict[str, torch.Tensor]:
         """Random inputs for this module, on its device."""

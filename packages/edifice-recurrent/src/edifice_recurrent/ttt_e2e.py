@@ -259,7 +259,8 @@ class TTTE2E(SequenceBackbone):
         work = torch.promote_types(y.dtype, torch.float32)
         if self.lm_head is not None:
             logits = self.lm_head(y).to(work)  # (B, n, V)
-            per_token = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (B, n)
+            # cross_entropy takes int64 class indices only; input_ids may be int32.
+            per_token = F.cross_entropy(logits.transpose(1, 2), targets.long(), reduction="none")  # (B, n)
         else:
             assert self.next_head is not None
             per_token = 0.5 * (self.next_head(y).to(work) - targets.to(work)).square().mean(-1)

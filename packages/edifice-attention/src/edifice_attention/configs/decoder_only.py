@@ -70,6 +70,9 @@ class DecoderOnlyConfig(SequenceConfig):
         super().validate()
         self.check_positive("n_heads", "n_kv_heads", "head_dim", "d_ff", "rotary_dim", "window", "softcap")
         self.check_positive("norm_eps", "rope_base", "init_std", "moe_top_k")
+        self.check_activation("activation")
+        if not self.rope_base > 1:
+            self.fail("rope_base", "must be > 1 (RoPE's frequencies base^(-2i/d) must decrease)")
         self.check_positive("n_experts", "moe_aux_loss_coef", allow_zero=True)
         self.check_range("attention_dropout", 0.0, 0.999)
         self.check_choice("ffn", _FFNS)

@@ -305,6 +305,7 @@ def _check_misshaped_file(case: Case, path: Path, bad_path: Path) -> None:
     from safetensors.torch import save_file
 
     import edifice
+    from edifice.io import checksum
 
     with safe_open(str(path), framework="pt") as f:
         metadata = f.metadata()
@@ -315,6 +316,8 @@ def _check_misshaped_file(case: Case, path: Path, bad_path: Path) -> None:
     key = sorted(tensors)[0]
     t = tensors[key]
     tensors[key] = torch.cat([t, t[:1]]) if t.dim() and t.shape[0] else torch.zeros(2, dtype=t.dtype)
+    # A deliberate edit, not damage: the checksum is updated, so that the shape report is what fails the load.
+    metadata["edifice.checksum"] = checksum(metadata, tensors)
     save_file(tensors, str(bad_path), metadata=metadata)
     try:
         edifice.load(bad_path)
@@ -374,8 +377,8 @@ def _bad_values(
     # (B bounds a graph's `batch` vector, but no graph input has a B axis).
     bound = fields | {d for spec in case.input_specs().values() for d in spec.shape if str(d).isidentifier()}
     checkable = domain.low is not None and not (names_in(domain.low) | names_in(domain.high or "0")) - bound
-    if checkable and value.numel():
-        low, high = domain.bounds(env)
+    low, high = domain.bounds(env) if checkable else (None, None)
+    if low is not None and high is not None and value.numel():  # bounds may apply under some configs only
         above = high + 1 if domain.high_inclusive or domain.kind == "float" else high
         for label, v in (("a value above its domain", above), ("a value below its domain", low - 1)):
             bad = value.clone()

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import ClassVar, Literal
 
 from edifice import ArchConfig, ArchSpec, Paper, TensorSpec, field
-from edifice_recurrent.configs.snn import ENCODINGS, RESETS, SURROGATES
+from edifice_recurrent.configs.snn import ENCODINGS, INPUT_DOMAIN, RESETS, SURROGATES
 
 __all__ = ["NORMALIZATIONS", "SPECS", "ANN2SNNConfig"]
 
@@ -89,7 +89,11 @@ SPECS = (
         paper=DIEHL,
         config="edifice_recurrent.configs.ann2snn:ANN2SNNConfig",
         model="edifice_recurrent.ann2snn:ANN2SNN",
-        inputs={"x": TensorSpec(("B", "d_in"), doc="Static input vector, presented for num_timesteps steps.")},
+        inputs={
+            "x": TensorSpec(
+                ("B", "d_in"), domain=INPUT_DOMAIN, doc="Static input vector, presented for num_timesteps steps."
+            )
+        },
         outputs={
             "y": TensorSpec(
                 ("B", "d_out"),

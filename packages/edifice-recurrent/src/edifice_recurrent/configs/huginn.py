@@ -77,6 +77,8 @@ class HuginnConfig(SequenceConfig):
         """Check head sizes, layer counts, iteration counts and the state-init choices."""
         super().validate()
         self.check_positive("n_heads", "head_dim", "d_ff", "backprop_depth", "state_std", "rope_base", "norm_eps")
+        if not self.rope_base > 1:
+            self.fail("rope_base", "must be > 1 (RoPE's frequencies base^(-2i/d) must decrease)")
         self.check_positive("init_std")
         self.check_positive("prelude_layers", "coda_layers", "num_iterations", allow_zero=True)
         self.check_choice("iteration_sampling", ("lognormal_poisson", "fixed"))

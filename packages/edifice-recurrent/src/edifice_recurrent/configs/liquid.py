@@ -20,6 +20,9 @@ __all__ = ["CFC_ACTIVATIONS", "SOLVERS", "SPECS", "LiquidConfig"]
 SOLVERS = ("fused", "euler", "rk4", "cfc")
 #: Nonlinearities of the CfC backbone: ncps' default LeCun tanh 1.7159·tanh(0.666·x), or the plain tanh.
 CFC_ACTIVATIONS = ("lecun_tanh", "tanh")
+#: Largest h·λ on the negative real axis for which each explicit solver is stable on dx/dt = -λ x (Euler: 2; the
+#: classical RK4: about 2.785). The fused solver is stable for any h (Theorem 2).
+EXPLICIT_STABILITY = {"euler": 2.0, "rk4": 2.785}
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -49,12 +52,22 @@ class LiquidConfig(SequenceConfig):
     }
 
     def validate(self) -> None:
-        """Check the solver is known and the sizes, steps and times are positive."""
+        """Check the solver is known, the sizes, steps and times are positive, and an explicit solver starts stable."""
         super().validate()
         self.check_choice("solver", SOLVERS)
         self.check_choice("cfc_backbone_activation", CFC_ACTIVATIONS)
         self.check_positive("integration_steps", "dt", "tau_init", "cfc_backbone_units")
         self.check_positive("cfc_backbone_layers", allow_zero=True)
+        bound = EXPLICIT_STABILITY.get(self.solver)
+        # Eq. (1) decays at the rate λ = 1/τ + f with f ∈ (0, 1); an explicit unfold of size h diverges once h·λ
+        # leaves the solver's stability interval (checked at the initial τ; training may still shrink τ).
+        h = self.dt / self.integration_steps
+        if bound is not None and h * (1.0 / self.tau_init + 1.0) > bound:
+            self.fail(
+                "tau_init",
+                f"is too small for the explicit {self.solver!r} solver: an unfold h = dt / integration_steps = {h:g} "
+                f"needs h (1/tau_init + 1) <= {bound:g}; raise tau_init or integration_steps, or use solver='fused'",
+            )
 
 
 HASANI_LTC = Paper("Liquid Time-constant Networks", "Hasani, Lechner, Amini, Rus & Grosu", 2021, "2006.04439")

@@ -13,7 +13,7 @@ from typing import ClassVar, Literal
 
 from edifice import ArchConfig, ArchSpec, Paper, TensorSpec, field
 
-__all__ = ["ENCODINGS", "RESETS", "SPECS", "SURROGATES", "SNNConfig"]
+__all__ = ["ENCODINGS", "INPUT_DOMAIN", "RESETS", "SPECS", "SURROGATES", "SNNConfig"]
 
 #: Surrogate derivatives of the Heaviside spike (the backward pass only).
 SURROGATES = ("fast_sigmoid", "sigmoid")
@@ -21,6 +21,9 @@ SURROGATES = ("fast_sigmoid", "sigmoid")
 RESETS = ("subtract", "zero")
 #: How the static input vector becomes an input spike train (or current) over the time steps.
 ENCODINGS = ("constant", "bernoulli")
+#: Domain of the static input ``x``: spike probabilities under Bernoulli encoding, any input current otherwise (the
+#: bounds evaluate to None, so nothing is checked).
+INPUT_DOMAIN = "float[0 if encoding == 'bernoulli' else None, 1 if encoding == 'bernoulli' else None]"
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -82,7 +85,11 @@ SPECS = (
         paper=NEFTCI,
         config="edifice_recurrent.configs.snn:SNNConfig",
         model="edifice_recurrent.snn:SNN",
-        inputs={"x": TensorSpec(("B", "d_in"), doc="Static input vector, presented for num_timesteps steps.")},
+        inputs={
+            "x": TensorSpec(
+                ("B", "d_in"), domain=INPUT_DOMAIN, doc="Static input vector, presented for num_timesteps steps."
+            )
+        },
         outputs={
             "rates": TensorSpec(
                 ("B", "d_out"), domain="float[0, 1]", doc="Firing rate of each output neuron (spikes / steps)."

@@ -59,7 +59,7 @@ class TTTConfig(SequenceConfig):
         if self.head_dim is None and self.d_model % self.n_heads:
             self.fail("n_heads", f"must divide d_model={self.d_model} (or set head_dim)")
         if self.rope and self.head_size % 2:
-            self.fail("head_dim", "must be even with rope=True (RoPE rotates feature pairs)")
+            self.fail("head_dim", f"gives {self.head_size} (of d_model={self.d_model}); it must be even with rope=True")
         if self.rope and not self.rope_theta > 1:
             self.fail("rope_theta", "must be > 1")
 

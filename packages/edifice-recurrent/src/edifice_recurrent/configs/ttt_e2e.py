@@ -46,7 +46,7 @@ class TTTE2EConfig(SequenceConfig):
         if self.head_dim is None and self.d_model % self.n_heads:
             self.fail("n_heads", f"must divide d_model={self.d_model} (or set head_dim)")
         if self.head_size % 2:
-            self.fail("head_dim", "must be even (RoPE rotates feature pairs)")
+            self.fail("head_dim", f"gives {self.head_size} (of d_model={self.d_model}); it must be even (RoPE pairs)")
         if self.mlp_hidden < 1:
             self.fail("mlp_ratio", f"gives {self.mlp_hidden} hidden units; needs at least 1")
         if not self.rope_theta > 1:

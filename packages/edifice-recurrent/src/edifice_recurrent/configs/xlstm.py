@@ -69,7 +69,9 @@ class XLSTMConfig(SequenceConfig):
                 self.fail("slstm_at", f"must be distinct block indices in [0, n_layers={self.n_layers}), got {bad}")
         for name, width in (("qk_dim_factor", self.qk_dim), ("v_dim_factor", self.v_dim)):
             if width % self.n_heads:
-                self.fail(name, f"gives width {width}, which n_heads={self.n_heads} must divide")
+                self.fail(
+                    name, f"gives width {width} (of d_model={self.d_model}), which n_heads={self.n_heads} must divide"
+                )
         if self.slstm_blocks and self.d_model % self.n_heads:
             self.fail("n_heads", f"must divide d_model={self.d_model} (the sLSTM heads split the residual stream)")
 

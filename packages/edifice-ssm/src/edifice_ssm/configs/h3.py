@@ -52,6 +52,7 @@ class H3Config(SequenceConfig):
             self.fail("d_state", "must be even (the diagonal SSM stores conjugate pairs)")
         self.check_divides("head_dim", "d_model")
         self.check_choice("ssm_init", ("lin", "inv", "legs"))
+        self.check_activation("activation")
         if self.dt_min > self.dt_max:
             self.fail("dt_min", f"must be <= dt_max={self.dt_max}")
         for index in self.attention_layers:

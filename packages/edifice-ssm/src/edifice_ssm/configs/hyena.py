@@ -56,6 +56,7 @@ class HyenaConfig(SequenceConfig):
         self.check_positive("max_len", "short_filter_size", "filter_width", "filter_sine_freq", "d_ff", "norm_eps")
         self.check_positive("window_fast_decay", "window_slow_decay", "window_target", "init_std")
         self.check_positive("filter_depth", allow_zero=True)
+        self.check_activation("activation")
         if self.order < 2:
             self.fail("order", "must be >= 2 (order 2 is one long convolution between two gates)")
         if self.filter_emb_dim < 3 or self.filter_emb_dim % 2 == 0:

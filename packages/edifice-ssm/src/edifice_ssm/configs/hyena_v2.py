@@ -58,6 +58,7 @@ class HyenaV2Config(StripedBlockConfig):
         super().validate()
         self.check_positive("se_filter_length", "mr_filter_length", "filter_groups", "d_state", "mr_init_scale")
         self.check_positive("li_gamma_min", "li_gamma_max")
+        self.check_activation("activation")
         if not self.layer_pattern:
             self.fail("layer_pattern", f"must name at least one operator of {', '.join(LAYER_KINDS)}")
         for kind in self.layer_pattern:

@@ -67,7 +67,8 @@ class Mamba3Config(SequenceConfig):
         if self.d_inner % self.head_dim:
             self.fail("head_dim", f"must divide d_inner = expand * d_model = {self.d_inner}")
         if self.n_heads % self.n_groups:
-            self.fail("n_groups", f"must divide the number of heads d_inner / head_dim = {self.n_heads}")
+            heads = f"the number of heads d_inner / head_dim = {self.n_heads} (d_model={self.d_model})"
+            self.fail("n_groups", f"must divide {heads}")
         if self.complex_state and self.n_angles < 1:
             self.fail("d_state", f"is too small to rotate any pair with rope_fraction={self.rope_fraction}")
         if self.dt_min > self.dt_max:

@@ -62,7 +62,8 @@ class MambaSSDConfig(SequenceConfig):
         if self.d_inner % self.head_dim:
             self.fail("head_dim", f"must divide d_inner = expand * d_model = {self.d_inner}")
         elif self.n_heads % self.n_groups:
-            self.fail("n_groups", f"must divide the number of heads d_inner / head_dim = {self.n_heads}")
+            heads = f"the number of heads d_inner / head_dim = {self.n_heads} (d_model={self.d_model})"
+            self.fail("n_groups", f"must divide {heads}")
         if self.dt_min > self.dt_max:
             self.fail("dt_min", f"must be <= dt_max={self.dt_max}")
         if self.a_init_min > self.a_init_max:

@@ -45,6 +45,7 @@ class SSMBlockConfig(SequenceConfig):
             self.fail("dt_min", f"must be <= dt_max={self.dt_max}")
         self.check_choice("norm", self.norm_choices)
         self.check_choice("norm_position", ("pre", "post"))
+        self.check_activation("activation")
 
 
 @dataclasses.dataclass(kw_only=True)

@@ -47,6 +47,8 @@ class SSTransformerConfig(SequenceConfig):
         super().validate()
         self.check_positive("n_heads", "n_kv_heads", "head_dim", "window", "d_state", "expand", "d_conv", "dt_rank")
         self.check_positive("rope_base", "norm_eps", "init_std")
+        if not self.rope_base > 1:
+            self.fail("rope_base", "must be > 1 (RoPE's frequencies base^(-2i/d) must decrease)")
         self.check_positive("d_ff", allow_zero=True)
         if self.head_dim is None:
             self.check_divides("n_heads", "d_model")

@@ -49,7 +49,10 @@ class StripedBlockConfig(SequenceConfig):
         """Check sizes are positive and the heads tile the width."""
         super().validate()
         self.check_positive("n_heads", "n_kv_heads", "rope_base", "short_filter_length", "d_ff", "norm_eps")
+        if not self.rope_base > 1:
+            self.fail("rope_base", "must be > 1 (RoPE's frequencies base^(-2i/d) must decrease)")
         self.check_positive("init_std")
+        self.check_activation("activation")
         if self.has_attention:
             self.check_divides("n_heads", "d_model")
             self.check_divides("n_kv_heads", "n_heads")
