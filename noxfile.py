@@ -178,6 +178,15 @@ def slow(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON, default=False)
+def fuzz(session: nox.Session) -> None:
+    """Opt-in: the registry-wide fuzz tests with fresh random cases, EDIFICE_FUZZ_EXAMPLES (default 50) per test."""
+    _sync(session, "test")
+    session.env["EDIFICE_FUZZ_EXAMPLES"] = os.environ.get("EDIFICE_FUZZ_EXAMPLES", "50")
+    workers = os.environ.get("EDIFICE_TEST_WORKERS", "2")
+    session.run("pytest", "tests/test_fuzz.py", "-n", workers, *session.posargs)
+
+
+@nox.session(python=PYTHON, default=False)
 def gpu(session: nox.Session) -> None:
     """Opt-in, on a CUDA machine: kernel overrides against their references and GPU model tests."""
     _sync(session, "test")
