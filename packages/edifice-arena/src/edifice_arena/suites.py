@@ -39,8 +39,10 @@ ZOOLOGY_STEPS = 1000
 ZOOLOGY_BATCH = 128
 ZOOLOGY_LR = 1e-3
 
-#: Per-entry fields of the small default arena: Mamba-2's 64-wide heads would leave one head at d_model 64.
-_DEFAULT_OVERRIDES = {"mamba_ssd": {"head_dim": 16, "d_state": 16}}
+#: Per-entry fields of the small default arena. Mamba-2's and RWKV-7's 64-wide heads would leave one head at d_model
+#: 64: both get heads of 16 (Mamba-2 with a 16-state SSM). RWKV-7's widths then step by 16, and neither 48 (85k
+#: parameters) nor 64 (138k) lands within 10% of 100k with its 4x FFN: a 128-wide FFN (2x at d_model 64) does.
+_DEFAULT_OVERRIDES = {"mamba_ssd": {"head_dim": 16, "d_state": 16}, "rwkv": {"head_dim": 16, "d_ff": 128}}
 
 #: The suites by name.
 SUITES = ("default", "zoology")
