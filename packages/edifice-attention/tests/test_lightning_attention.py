@@ -64,7 +64,7 @@ def check_mixer(layer: int) -> None:
 
 
 @signature("lightning_attention")
-@pytest.mark.parametrize("layer", [0, L - 1])
+@pytest.mark.parametrize("layer", [0, 1])  # the last layer barely decays: see the decays test
 def test_lightning_attention_matches_transformers_minimax(layer: int) -> None:
     check_mixer(layer)
 

@@ -43,12 +43,13 @@ from edifice.blocks.transformer import TransformerBlock
 from edifice.config import ArchConfig
 from edifice.errors import CheckpointError
 from edifice.outputs import model_output
-from edifice_attention.configs._linear_attention import LinearAttentionConfig
+from edifice_attention.configs._linear_attention import LinearAttentionConfig, MixerStackConfig
 
 __all__ = [
     "LinearAttentionBackbone",
     "LinearAttentionMixer",
     "LinearAttentionState",
+    "MixerStackBackbone",
     "fla_config_fields",
     "fla_get",
     "fla_source",
@@ -214,17 +215,19 @@ class LinearAttentionMixer(nn.Module):
         return y
 
 
-class LinearAttentionBackbone(SequenceBackbone):
-    """Pre-norm blocks of a :class:`LinearAttentionMixer` (the entry's :attr:`mixer_class`) and a feed-forward."""
+class MixerStackBackbone(SequenceBackbone):
+    """Pre-norm residual blocks of a token mixer (:meth:`build_mixer`) and a feed-forward; the family's stack."""
 
-    config_class: ClassVar[type[ArchConfig]] = LinearAttentionConfig
-    config: LinearAttentionConfig
-    #: The entry's mixer.
-    mixer_class: ClassVar[type[LinearAttentionMixer]] = LinearAttentionMixer
+    config_class: ClassVar[type[ArchConfig]] = MixerStackConfig
+    config: MixerStackConfig
 
-    def __init__(self, config: LinearAttentionConfig) -> None:
+    def __init__(self, config: MixerStackConfig) -> None:
         super().__init__(config)
         self.reset_parameters()
+
+    def build_mixer(self, index: int) -> nn.Module:
+        """The token mixer of layer ``index``: ``mixer(x, *, mask, positions, state, **inputs)`` with ``init_state``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement build_mixer(index)")
 
     def build_layer(self, index: int) -> nn.Module:
         """One pre-norm residual block: Norm -> mixer, Norm -> feed-forward (if ``d_ff != 0``)."""
@@ -233,10 +236,6 @@ class LinearAttentionBackbone(SequenceBackbone):
         return TransformerBlock(
             c.d_model, self.build_mixer(index), ffn, norm=c.norm, norm_eps=c.norm_eps, dropout=c.dropout
         )
-
-    def build_mixer(self, index: int) -> LinearAttentionMixer:
-        """The token mixer of layer ``index`` (the entry's :attr:`mixer_class`; the index is for depth-aware ones)."""
-        return self.mixer_class(self.config)
 
     def build_ffn(self) -> nn.Module:
         """The block's feed-forward (``ffn`` kind, ``ffn_hidden`` units); gated kinds carry no biases (Llama)."""
@@ -248,10 +247,6 @@ class LinearAttentionBackbone(SequenceBackbone):
         """The final norm, of the blocks' kind."""
         return get_norm(self.config.norm, self.config.d_model, eps=self.config.norm_eps)
 
-    def mixers(self) -> list[LinearAttentionMixer]:
-        """The mixer of every layer, in order."""
-        return [cast(LinearAttentionMixer, cast(TransformerBlock, layer).mixer) for layer in self.layers]
-
     def reset_parameters(self) -> None:
         """Normal(0, ``init_std``) linear and embedding weights and zero biases (flash-linear-attention's init)."""
         super().reset_parameters()
@@ -261,6 +256,23 @@ class LinearAttentionBackbone(SequenceBackbone):
                 nn.init.normal_(module.weight, mean=0.0, std=std)
             if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
+
+
+class LinearAttentionBackbone(MixerStackBackbone):
+    """Pre-norm blocks of a :class:`LinearAttentionMixer` (the entry's :attr:`mixer_class`) and a feed-forward."""
+
+    config_class: ClassVar[type[ArchConfig]] = LinearAttentionConfig
+    config: LinearAttentionConfig
+    #: The entry's mixer.
+    mixer_class: ClassVar[type[LinearAttentionMixer]] = LinearAttentionMixer
+
+    def build_mixer(self, index: int) -> LinearAttentionMixer:
+        """The token mixer of layer ``index`` (the entry's :attr:`mixer_class`; the index is for depth-aware ones)."""
+        return self.mixer_class(self.config)
+
+    def mixers(self) -> list[LinearAttentionMixer]:
+        """The mixer of every layer, in order."""
+        return [cast(LinearAttentionMixer, cast(TransformerBlock, layer).mixer) for layer in self.layers]
 
 
 # -- flash-linear-attention checkpoints -----------------------------------------------------------------------------
@@ -353,9 +365,7 @@ def map_fla_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def load_fla(
-    model_cls: type[LinearAttentionBackbone], config: LinearAttentionConfig, weights: dict[str, Tensor]
-) -> Any:
+def load_fla(model_cls: type[MixerStackBackbone], config: MixerStackConfig, weights: dict[str, Tensor]) -> Any:
     """Build ``model_cls(config)`` on the meta device and assign ``weights`` (tied head re-tied)."""
     if config.tie_embeddings:
         weights.pop("lm_head.weight", None)

@@ -41,15 +41,10 @@ from edifice_attention._linear_attention import (
     load_fla,
     map_fla_state_dict,
 )
+from edifice_attention._lower_bounds import layer_lower_bounds, lower_bound_inputs, lower_bounded_log_forget
 from edifice_attention.configs.hgrn_v2 import HGRN2Config
 
 __all__ = ["HGRN2", "HGRN2Attention", "from_fla", "layer_lower_bounds"]
-
-
-def layer_lower_bounds(gamma: Tensor) -> Tensor:
-    """``γ^l = cumsum(softmax(Γ))_l - softmax(Γ)_0`` over the layers of ``Γ [L, C]`` (HGRN §3.3), fp32 ``[L, C]``."""
-    p = gamma.softmax(0, dtype=torch.float32)
-    return p.cumsum(0) - p[0]
 
 
 class HGRN2Attention(LinearAttentionMixer):
@@ -61,11 +56,8 @@ class HGRN2Attention(LinearAttentionMixer):
         self, x: Tensor, q: Tensor, k: Tensor, v: Tensor, **inputs: Tensor
     ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """``q = SiLU(x W_q)``, ``log f = log(γ + (1-γ) σ(x W_f))``, key ``1 - f`` (``k`` holds ``x W_f``)."""
-        g = F.logsigmoid(k.float())  # log σ(x W_f), [B, T, H, K]
         bound = inputs.get("lower_bound")  # γ^l [H·K], absent for the first layer (whose bound is 0)
-        if bound is not None:
-            bound = bound.view(self.n_heads, self.head_k_dim)
-            g = torch.logaddexp(bound.log(), torch.log1p(-bound) + g)
+        g = lower_bounded_log_forget(k, None if bound is None else bound.view(self.n_heads, self.head_k_dim))
         return F.silu(q), (1 - g.exp()).to(v.dtype), v, g
 
 
@@ -91,10 +83,7 @@ class HGRN2(LinearAttentionBackbone):
 
     def layer_inputs(self) -> list[dict[str, Any]]:
         """Each layer's ``lower_bound`` γ^l (none for the first, whose bound is 0, or without lower bounds)."""
-        if self.lower_bounds is None:
-            return [{} for _ in self.layers]
-        bounds = layer_lower_bounds(self.lower_bounds)
-        return [{}] + [{"lower_bound": bounds[i]} for i in range(1, len(self.layers))]
+        return lower_bound_inputs(self.lower_bounds, len(self.layers))
 
 
 def from_fla(source: Any, **overrides: Any) -> HGRN2:

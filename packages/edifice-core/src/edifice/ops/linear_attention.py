@@ -245,8 +245,12 @@ def _chunked(
     S0: torch.Tensor,
     vector: bool,
     chunk_size: int,
+    decays: bool = True,
 ) -> AttentionOut:
-    """The chunked form (module doc) on head-major working tensors; returns ``(o, final state)``."""
+    """The chunked form (module doc) on head-major working tensors; returns ``(o, final state)``.
+
+    ``decays=False`` (no decay given): the hand-over is a plain cumulative sum of the chunks' writes.
+    """
     B, H, T, _ = q.shape
     V = v.shape[-1]
     C = min(chunk_size, T)
@@ -272,7 +276,10 @@ def _chunked(
     writes = k_out.transpose(-1, -2) @ vc  # (B, H, N, K, V): ΔS_n, the chunk's own contribution to its end state
     chunk_decay = _channels(b_end.squeeze(3).exp(), vector)[..., None]  # (B, H, N, K|1, 1)
     # Hand-over S_n = diag(e^{b_C}) S_{n-1} + ΔS_n as a linear recurrence over chunks (time on dim 1).
-    ends = linear_recurrence(chunk_decay.transpose(1, 2), writes.transpose(1, 2), S0).transpose(1, 2)
+    if decays:
+        ends = linear_recurrence(chunk_decay.transpose(1, 2), writes.transpose(1, 2), S0).transpose(1, 2)
+    else:  # S_n = S_{n-1} + ΔS_n
+        ends = S0[:, :, None] + writes.cumsum(2)
     starts = torch.cat([S0[:, :, None], ends[:, :, :-1]], 2)  # (B, H, N, K, V): the state entering each chunk
     o = q_in @ starts + attn @ vc  # (B, H, N, C, V)
     return o.reshape(B, H, N * C, V)[:, :, :T], ends[:, :, -1]
@@ -303,7 +310,7 @@ def linear_attention_reference(
     q, k, v_, g_, S0 = _prepare(q, k, v, g, scale, initial_state)
     if q.shape[2] == 1:
         return _finish(*_recurrent(q, k, v_, g_, S0, False), v)
-    return _finish(*_chunked(q, k, v_, g_, S0, False, chunk_size), v)
+    return _finish(*_chunked(q, k, v_, g_, S0, False, chunk_size, decays=g is not None), v)
 
 
 def linear_attention_recurrent(
