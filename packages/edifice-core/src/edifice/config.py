@@ -56,6 +56,11 @@ class ArchConfig:
     #: Documented alternative names accepted by :meth:`from_overrides` (alias -> field), e.g. ``hidden_size``.
     aliases: ClassVar[Mapping[str, str]] = {}
 
+    #: What each schema version changed, for :meth:`migrate_config`: ``{version: {field: value}}`` gives, for a config
+    #: saved under ``version - 1``, the value of each field that version added or gave a new meaning, chosen so the
+    #: old checkpoint computes what it computed when saved (a callable receives the saved dict and returns it).
+    schema_changes: ClassVar[Mapping[int, Mapping[str, Any]]] = {}
+
     def __post_init__(self) -> None:
         hints = _type_hints(type(self))
         for f in dataclasses.fields(self):
@@ -112,6 +117,31 @@ class ArchConfig:
             self.fail(divisor, f"must divide {dividend}={n}")
 
     # -- conversion ------------------------------------------------------------------------------------------------
+    @classmethod
+    def current_schema_version(cls) -> int:
+        """The schema version this class writes (a subclass bumps it by redeclaring ``schema_version``)."""
+        default: Any = next(f.default for f in dataclasses.fields(cls) if f.name == "schema_version")
+        return int(default)
+
+    @classmethod
+    def migrate_config(cls, data: dict[str, Any], from_version: int) -> dict[str, Any]:
+        """Upgrade a saved config dict from schema ``from_version`` to this class's, through :attr:`schema_changes`.
+
+        A field a version added is set to its recorded value only when the saved dict lacks it; a field a version gave
+        a new meaning is recorded as a callable, which decides from the saved dict. Raises ``ValueError`` naming the
+        first version with no record.
+        """
+        data = dict(data)
+        for version in range(from_version + 1, cls.current_schema_version() + 1):
+            if version not in cls.schema_changes:
+                raise ValueError(f"{cls.__name__} records no migration to schema {version} (schema_changes)")
+            for name, value in cls.schema_changes[version].items():
+                if callable(value):
+                    data[name] = value(data)
+                else:
+                    data.setdefault(name, value)
+        return data
+
     def to_dict(self) -> dict[str, Any]:
         """Return the config as a JSON-native dict (tuples become lists)."""
         return {f.name: _to_json(getattr(self, f.name)) for f in dataclasses.fields(self)}

@@ -24,11 +24,11 @@ a save killed at any point leaves the previous file intact, and concurrent saves
 file. :func:`load` reads the header and the tensors through one open file, so a save racing it cannot pair one
 file's header with another's tensors.
 
-Loading rebuilds the config (refusing a newer schema; an older one goes through the config class's optional
-``migrate_config(data, from_version) -> data`` classmethod, the per-architecture migration hook, declared where the
-config lives; without one, or when it fails, the error names both schema versions), builds the model on the meta
-device, checks every key
-and shape against the file (one :class:`~edifice.errors.CheckpointError` names everything missing, unexpected or
+Loading rebuilds the config (refusing a newer schema; an older one goes through the config class's
+``migrate_config(data, from_version) -> data`` classmethod, the per-architecture migration hook, which by default
+applies the changes the class records in ``schema_changes``; when it fails, the error names both versions), builds
+the model on the meta device, checks every key and shape against the file (one
+:class:`~edifice.errors.CheckpointError` names everything missing, unexpected or
 mis-shaped), then assigns the file's tensors (``load_state_dict(assign=True)``), re-ties shared parameters and packs
 ``nn.LSTM``/``nn.GRU`` weights back into their one cuDNN buffer.
 
@@ -484,7 +484,7 @@ def _config_from(meta: CheckpointMetadata) -> ArchConfig:
     except UnknownArchitecture as exc:
         raise UnknownArchitecture(f"{meta.path}: checkpoint of {meta.arch!r}: {exc}") from None
     data = dict(meta.config)
-    current = _default_schema_version(cls)
+    current = cls.current_schema_version()
     saved = meta.config_schema_version
     if saved > current:
         raise CheckpointError(
@@ -492,14 +492,8 @@ def _config_from(meta: CheckpointMetadata) -> ArchConfig:
             f"upgrade {get_spec(meta.arch).distribution} to load it"
         )
     if saved < current:
-        migrate = getattr(cls, "migrate_config", None)
-        if migrate is None:
-            raise CheckpointError(
-                f"{meta.path}: config schema {saved} of {meta.arch!r} is older than the installed one ({current}) "
-                f"and {cls.__name__} defines no migrate_config() to upgrade it"
-            )
         try:
-            data = dict(migrate(data, saved))
+            data = dict(cls.migrate_config(data, saved))
         except Exception as exc:
             raise CheckpointError(
                 f"{meta.path}: migrating the config of {meta.arch!r} from schema {saved} to {current} failed: "
@@ -511,12 +505,6 @@ def _config_from(meta: CheckpointMetadata) -> ArchConfig:
         return cls.from_dict(data)
     except ConfigError as exc:
         raise CheckpointError(f"{meta.path}: the stored config does not validate: {exc}") from exc
-
-
-def _default_schema_version(cls: type[ArchConfig]) -> int:
-    # Subclasses bump the version by redeclaring the field with a new default.
-    default: Any = next(f.default for f in dataclasses.fields(cls) if f.name == "schema_version")
-    return int(default)
 
 
 @dataclasses.dataclass

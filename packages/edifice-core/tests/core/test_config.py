@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar, Literal
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
 
 import pytest
 
@@ -120,3 +121,31 @@ def test_json_round_trip_and_replace() -> None:
 def test_field_requires_doc() -> None:
     with pytest.raises(TypeError, match="docstring"):
         field(1)
+
+
+@dataclasses.dataclass(kw_only=True)
+class _Versioned(ArchConfig):
+    """Schema 2 added ``gate``; schema 3 made ``width=None`` mean 2 * d instead of 4 * d."""
+
+    arch: str = field("versioned", "Registry name.")
+    schema_version: int = field(3, "Version of this config's schema.")
+    d: int = field(4, "A width.")
+    width: int | None = field(None, "None: 2 * d.")
+    gate: bool = field(True, "Added by schema 2.")
+
+    schema_changes: ClassVar[Mapping[int, Mapping[str, Any]]] = {
+        2: {"gate": False},
+        3: {"width": lambda saved: 4 * saved["d"] if saved.get("width") is None else saved["width"]},
+    }
+
+
+def test_migrate_config_applies_each_recorded_schema_change_in_order() -> None:
+    assert _Versioned.migrate_config({"d": 3}, 1) == {"d": 3, "gate": False, "width": 12}
+    assert _Versioned.migrate_config({"d": 3, "gate": True, "width": 5}, 1) == {"d": 3, "gate": True, "width": 5}
+    assert _Versioned.migrate_config({"d": 3}, 2) == {"d": 3, "width": 12}  # schema 2 already had gate
+    assert _Versioned.migrate_config({"d": 3}, 3) == {"d": 3}
+
+
+def test_migrate_config_names_a_version_with_no_record() -> None:
+    with pytest.raises(ValueError, match="_Versioned records no migration to schema 1"):
+        _Versioned.migrate_config({}, 0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from edifice import ArchSpec, Paper, field
 from edifice.sequence import SequenceConfig, sequence_inputs, sequence_outputs
@@ -30,6 +30,10 @@ class LiquidConfig(SequenceConfig):
     """Stacked LTC layers (dx/dt = -[1/τ + f(x, I)] ⊙ x + f(x, I) ⊙ A) or CfC layers of width ``d_model``."""
 
     arch: str = field("liquid", "Registry name of the architecture this config builds.")
+    schema_version: int = field(2, "Version of this config's schema; bumped when fields change meaning.")
+
+    #: Schema 2 added ``cfc_backbone_activation`` (ncps' LeCun tanh by default); earlier files used the plain tanh.
+    schema_changes: ClassVar[Mapping[int, Mapping[str, Any]]] = {2: {"cfc_backbone_activation": "tanh"}}
     solver: Literal["fused", "euler", "rk4", "cfc"] = field(
         "fused",
         "'fused' (the LTC paper's semi-implicit solver), 'euler', 'rk4', or 'cfc' (the closed-form CfC cell).",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from edifice import ArchSpec, Paper, field
 from edifice.sequence import SequenceConfig, sequence_inputs, sequence_outputs
@@ -22,6 +22,10 @@ class TitansConfig(SequenceConfig):
     """Titans (Behrouz et al. 2025): attention beside a deep memory trained by surprise (MAC, MAG or MAL)."""
 
     arch: str = field("titans", "Registry name of the architecture this config builds.")
+    schema_version: int = field(2, "Version of this config's schema; bumped when fields change meaning.")
+
+    #: Schema 2 added §4.4's ``output_gate`` (on by default); earlier files had none.
+    schema_changes: ClassVar[Mapping[int, Mapping[str, Any]]] = {2: {"output_gate": False}}
     variant: Literal["mac", "mag", "mal"] = field(
         "mag", "How the memory meets the attention: 'mac' (as context, §4.1), 'mag' (a gate, §4.2), 'mal' (a layer)."
     )

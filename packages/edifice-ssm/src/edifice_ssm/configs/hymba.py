@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from edifice import ArchSpec, Paper, field
 from edifice.sequence import SequenceConfig, sequence_inputs, sequence_outputs
@@ -28,6 +28,20 @@ class HymbaConfig(SequenceConfig):
     """Hymba: pre-norm blocks of a hybrid-head mixer (attention and Mamba heads in parallel) and a SwiGLU MLP."""
 
     arch: str = field("hymba", "Registry name of the architecture this config builds.")
+    schema_version: int = field(2, "Version of this config's schema; bumped when fields change meaning.")
+
+    #: Schema 2 added cross-layer KV sharing (earlier files share nothing) and moved the default middle global layer
+    #: from ``n_layers // 2`` to ``(n_layers - 1) // 2`` (earlier files keep theirs, written out).
+    schema_changes: ClassVar[Mapping[int, Mapping[str, Any]]] = {
+        2: {
+            "kv_reuse_groups": (),
+            "global_layers": lambda saved: (
+                sorted({0, saved["n_layers"] // 2, saved["n_layers"] - 1})
+                if saved.get("global_layers") is None
+                else saved["global_layers"]
+            ),
+        }
+    }
     n_heads: int = field(4, "Attention heads (each query/key head has head_dim, each value head d_inner / n_heads).")
     n_kv_heads: int | None = field(None, "Key/value heads (grouped-query attention); None means n_heads.")
     head_dim: int | None = field(None, "Query/key head size; None means d_model / n_heads.")

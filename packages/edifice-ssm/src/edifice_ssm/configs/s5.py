@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from edifice import ArchSpec, Paper, field
 from edifice.sequence import sequence_inputs, sequence_outputs
@@ -24,6 +25,10 @@ class S5Config(SSMBlockConfig):
     """
 
     arch: str = field("s5", "Registry name of the architecture this config builds.")
+    schema_version: int = field(2, "Version of this config's schema; bumped when fields change meaning.")
+
+    #: Schema 2 added ``block`` (the authors' half-GLU by default); earlier files were the S4-style block.
+    schema_changes: ClassVar[Mapping[int, Mapping[str, Any]]] = {2: {"block": "linear"}}
     n_blocks: int = field(1, "Blocks J of the block-diagonal HiPPO-N initialisation of A (d_state / n_blocks even).")
     discretization: str = field("zoh", "Discretisation of the continuous system: 'zoh' or 'bilinear'.")
     block: str = field(

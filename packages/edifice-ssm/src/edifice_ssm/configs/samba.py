@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from edifice import ArchSpec, Paper, field
 from edifice.sequence import sequence_inputs, sequence_outputs
@@ -24,6 +24,12 @@ class SambaConfig(MambaConfig):
     """Samba: alternating Mamba and sliding-window-attention layers, each followed by a SwiGLU MLP."""
 
     arch: str = field("samba", "Registry name of the architecture this config builds.")
+    schema_version: int = field(2, "Version of this config's schema; bumped when fields change meaning.")
+
+    #: Schema 2 made ``d_ff=None`` mean the released configs' 8/3 d_model; earlier files meant 4 d_model.
+    schema_changes: ClassVar[Mapping[int, Mapping[str, Any]]] = {
+        2: {"d_ff": lambda saved: 4 * saved["d_model"] if saved.get("d_ff") is None else saved["d_ff"]}
+    }
     n_layers: int = field(4, "Number of layers: even ones are Mamba + MLP, odd ones SWA + MLP (2 per Samba block).")
     n_heads: int = field(4, "Query heads of the sliding-window attention.")
     n_kv_heads: int | None = field(None, "Key/value heads (grouped-query attention); None means n_heads.")
