@@ -7,7 +7,7 @@ strength ``β_t ∈ (0, 2)`` and, for the gated rule, a log-decay ``g_t <= 0`` (
   ``S_t = (I - β_t k_t k_tᵀ) S_{t-1} + β_t k_t v_tᵀ``, i.e. ``S_{t-1}`` is moved toward ``v_t`` at ``k_t``;
 * gated delta rule (Yang, Kautz & Hatamizadeh 2024, arXiv:2412.06464, eq. 10):
   ``S_t = α_t (I - β_t k_t k_tᵀ) S_{t-1} + β_t k_t v_tᵀ``;
-* generalized delta rule, a diagonal-plus-low-rank transition (RWKV-7, Peng et al. 2025, arXiv:2503.14456, §4 eq. 16
+* generalized delta rule, a diagonal-plus-low-rank transition (RWKV-7, Peng et al. 2025, arXiv:2503.14456, §4
   ``wkv_t = wkv_{t-1}(diag(w_t) - κ̂_tᵀ(a_t ⊙ κ̂_t)) + v_tᵀ k̃_t`` transposed; flash-linear-attention's "DPLR" rule):
   ``S_t = (diag(e^{g_t}) + b_t a_tᵀ) S_{t-1} + k_t v_tᵀ`` with a decay ``e^{g_t}`` per key channel and free removal
   vectors ``a_t``, ``b_t`` (RWKV-7: ``a = -κ̂``, ``b = κ̂ ⊙ a``; Kimi Delta Attention: ``a = -e^{g} ⊙ k``,
@@ -199,10 +199,13 @@ def _chunked(
     gamma = g_c.cumsum(3)  # γ_r, in-chunk cumulative log-decay (inclusive)
     gamma_ex = gamma - g_c  # γ⁻_r = γ_{r-1}: what the removal read-out u_r = a_rᵀ S_{r-1} sees
     if vector:
-        a_qk = _intra_vector(qc, kc, gamma)  # [A_qk]_tj = Σ_c q_tc k_jc e^{γ_tc - γ_jc}, j <= t
-        a_qb = _intra_vector(qc, bc, gamma)
-        a_ak = _intra_vector(ac, kc, gamma, b_q=gamma_ex, strict=True)  # e^{γ⁻_t - γ_j}, j < t
-        a_ab = _intra_vector(ac, bc, gamma, b_q=gamma_ex, strict=True)
+        # Two calls, each on the pair of keys (k, b) stacked on a leading dimension:
+        # [A_qk]_tj = Σ_c q_tc k_jc e^{γ_tc - γ_jc} (j <= t) and [A_ak]_tj with e^{γ⁻_tc - γ_jc} (j < t).
+        keys, decays = torch.stack([kc, bc]), torch.stack([gamma, gamma])
+        a_qk, a_qb = _intra_vector(torch.stack([qc, qc]), keys, decays).unbind(0)
+        a_ak, a_ab = _intra_vector(
+            torch.stack([ac, ac]), keys, decays, b_q=torch.stack([gamma_ex, gamma_ex]), strict=True
+        ).unbind(0)
     else:
         causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
         # Decay masks, masked before exp so nothing overflows: e^{γ_t - γ_j} (j <= t) and e^{γ⁻_t - γ_j} (j < t).
@@ -424,7 +427,7 @@ def generalized_delta_rule_naive(
     initial_state: torch.Tensor | None = None,
     chunk_size: int = CHUNK,
 ) -> DeltaOut:
-    """Test oracle: RWKV-7's eq. 16 token by token in its own layout, the state ``wkv = Sᵀ`` ``[V, K]``:
+    """Test oracle: RWKV-7's state update token by token in its own layout, the state ``wkv = Sᵀ`` ``[V, K]``:
     ``wkv_t = wkv_{t-1} (diag(w_t) + a_t b_tᵀ) + v_t k_tᵀ``, ``o_t = wkv_t q_t · scale`` (``chunk_size`` ignored)."""
     B, T, H, K = q.shape
     V = v.shape[-1]

@@ -222,15 +222,17 @@ def _intra_vector(
     P = C // c
     bq = b if b_q is None else b_q
     qs, ks, bs, bqs = (x.reshape(*lead, P, c, K) for x in (q, k, b, bq))  # (B, H, N, P, c, K)
+    # Inside a sub-chunk: the full [c, c, K] decay tensor, masked above (or on) the diagonal before exp.
+    causal = torch.ones(c, c, dtype=torch.bool, device=q.device).tril(-1 if strict else 0)
+    diag_decay = (bqs[..., :, None, :] - bs[..., None, :, :]).masked_fill(~causal[..., None], -math.inf).exp()
+    diag = torch.einsum("...ik,...jk,...ijk->...ij", qs, ks, diag_decay)  # (B, H, N, P, c, c)
+    if P == 1:  # the chunk is one sub-chunk (C <= 16): nothing lies between sub-chunks
+        return diag.reshape(*lead, C, C)
     ref = bqs[..., :1, :]  # (B, H, N, P, 1, K): query-side cumulative log-decay at each sub-chunk's first step
     # Between sub-chunks: query i of sub-chunk p and key j of an earlier sub-chunk, e^{b_i - r_p} · e^{r_p - b_j}.
     earlier = torch.arange(C, device=q.device)[None, :] < (torch.arange(P, device=q.device) * c)[:, None]  # (P, C)
     k_exp = (ref - b.unsqueeze(-3)).masked_fill(~earlier[..., None], -math.inf)  # (B, H, N, P, C, K), <= 0 kept
     inter = torch.einsum("...pik,...pjk->...pij", qs * (bqs - ref).exp(), k.unsqueeze(-3) * k_exp.exp())
-    # Inside a sub-chunk: the full [c, c, K] decay tensor, masked above (or on) the diagonal before exp.
-    causal = torch.ones(c, c, dtype=torch.bool, device=q.device).tril(-1 if strict else 0)
-    diag_decay = (bqs[..., :, None, :] - bs[..., None, :, :]).masked_fill(~causal[..., None], -math.inf).exp()
-    diag = torch.einsum("...ik,...jk,...ijk->...ij", qs, ks, diag_decay)  # (B, H, N, P, c, c)
     # Put each diagonal block into its sub-chunk's columns: (P, c, P, c) block-diagonal, then (C, C).
     eye = torch.eye(P, dtype=q.dtype, device=q.device)
     block = torch.einsum("...pij,pr->...pirj", diag, eye).reshape(*lead, P, c, C)
