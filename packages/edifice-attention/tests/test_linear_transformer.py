@@ -89,3 +89,49 @@ def test_padding_is_exact() -> None:
     mask = torch.tensor([[False] * 3 + [True] * 7])
     with torch.no_grad():
         torch.testing.assert_close(model(padded, attention_mask=mask)[:, 3:], model(x), atol=TOL, rtol=TOL)
+
+
+# -- converter from fla's LinearAttentionForCausalLM ---------------------------------------------------------------
+def rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps) * weight
+
+
+def fla_model_oracle(sd: dict[str, torch.Tensor], ids: torch.Tensor, n_layers: int, eps: float) -> torch.Tensor:
+    """fla's logits from its state dict: pre-norm RMSNorm blocks, normalised elu+1 attention, per-head RMSNorm."""
+    h = sd["model.embeddings.weight"][ids]
+    for i in range(n_layers):
+        p = f"model.layers.{i}."
+        a = rms(h, sd[p + "attn_norm.weight"], eps)
+        q, k, v = ((a @ sd[f"{p}attn.{n}_proj.weight"].T).view(*ids.shape, H, -1) for n in "qkv")
+        o, _ = naive_recurrent_linear_attn(F.elu(q) + 1, F.elu(k) + 1, v, normalize=True)
+        h = h + rms(o, sd[p + "attn.norm.weight"], eps).flatten(2) @ sd[p + "attn.o_proj.weight"].T
+        m = rms(h, sd[p + "mlp_norm.weight"], eps)
+        gate, up, down = (sd[f"{p}mlp.{n}_proj.weight"] for n in ("gate", "up", "down"))
+        h = h + (F.silu(m @ gate.T) * (m @ up.T)) @ down.T
+    return rms(h, sd["model.norm.weight"], eps) @ sd["lm_head.weight"].T
+
+
+def test_converter_from_fla_matches_its_weights() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fla.models import LinearAttentionConfig, LinearAttentionForCausalLM
+
+        hf = LinearAttentionConfig(
+            hidden_size=D, num_hidden_layers=2, num_heads=H, vocab_size=40, intermediate_size=24,
+            feature_map="elu", norm_feature_map=True,
+        )  # fmt: skip
+        torch.manual_seed(0)
+        fla_model = LinearAttentionForCausalLM(hf)
+    gen = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for p in fla_model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=gen))
+    model: Any = edifice.convert("fla.models.LinearAttentionForCausalLM", fla_model, chunk_size=4)
+    assert model.config.arch == "linear_transformer" and model.config.normalize
+    ids = torch.randint(0, 40, (B, T), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        want = fla_model_oracle(fla_model.state_dict(), ids, 2, hf.norm_eps)
+        torch.testing.assert_close(model(input_ids=ids), want, atol=TOL, rtol=TOL)
+    hf.feature_map = "hedgehog"
+    with pytest.raises(edifice.CheckpointError, match="feature_map='hedgehog'"):
+        edifice.convert("fla.models.LinearAttentionForCausalLM", (hf.to_dict(), fla_model.state_dict()))

@@ -18,12 +18,14 @@ Implemented (per head; the layer in :mod:`edifice_attention._linear_attention`):
 
 Deviations: none in the mechanism. fast-transformers' projections have biases; these have none (the family's layer,
 as in flash-linear-attention's ``LinearAttention``). ``feature_map='relu'``/``'identity'`` with ``normalize=False``,
-``output_norm='rmsnorm'`` and ``norm_position='pre'`` give flash-linear-attention's unnormalised variants.
+``output_norm='rmsnorm'`` and ``norm_position='pre'`` give flash-linear-attention's unnormalised variants (queries
+then scaled by ``1/sqrt(d_k)``, as fla does); :func:`from_fla` converts fla's ``LinearAttentionForCausalLM`` with a
+parameter-free feature map.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -32,10 +34,22 @@ from torch import Tensor, nn
 from edifice.blocks.ffn import get_ffn
 from edifice.blocks.transformer import TransformerBlock
 from edifice.config import ArchConfig
-from edifice_attention._linear_attention import LinearAttentionBackbone, LinearAttentionMixer
+from edifice.errors import CheckpointError
+from edifice_attention._linear_attention import (
+    LinearAttentionBackbone,
+    LinearAttentionMixer,
+    fla_config_fields,
+    fla_get,
+    fla_source,
+    load_fla,
+    map_fla_state_dict,
+)
 from edifice_attention.configs.linear_transformer import LinearTransformerConfig
 
-__all__ = ["EluPlusOne", "LinearTransformer", "NormalizedLinearAttention"]
+__all__ = ["EluPlusOne", "LinearTransformer", "NormalizedLinearAttention", "from_fla"]
+
+#: fla's parameter-free feature maps and this entry's names for them (its learned maps are other mechanisms).
+_FLA_FEATURE_MAPS = {"elu": "elu_plus_one", "relu": "relu", "identity": "identity"}
 
 
 class EluPlusOne(nn.Module):
@@ -49,13 +63,12 @@ class EluPlusOne(nn.Module):
 class NormalizedLinearAttention(LinearAttentionMixer):
     """Causal linear attention with the normaliser of eq. 5, its sums carried in one ``[d_k, d_v + 1]`` state."""
 
-    scale = 1.0  # the paper has no 1/sqrt(d_k): with the normaliser it cancels (up to eps)
-
     def __init__(self, config: LinearTransformerConfig) -> None:
         super().__init__(config)
         self.normalize = config.normalize
         self.eps = config.normalizer_eps
         if config.normalize:
+            self.scale = 1.0  # the paper has no 1/sqrt(d_k): with the normaliser it cancels (up to eps)
             self.state_v_dim = config.head_v_dim + 1  # [s, z]: the numerator's state and the normaliser's
 
     def build_feature_map(self, name: str | None) -> nn.Module | None:
@@ -101,3 +114,38 @@ class LinearTransformer(LinearAttentionBackbone):
         if c.ffn != "mlp":
             return super().build_ffn()
         return get_ffn("mlp", c.d_model, c.ffn_hidden, activation=c.ffn_activation)
+
+
+def from_fla(source: Any, **overrides: Any) -> LinearTransformer:
+    """Convert fla's ``LinearAttentionForCausalLM`` (a model or ``(config, state_dict)``) to ``linear_transformer``.
+
+    fla's model is pre-norm RMSNorm blocks with SwiGLU and a per-head RMSNorm read-out; its normaliser
+    (``norm_feature_map``) divides by ``scale·φ(q)ᵀz + 1e-10``, which is ours with ``eps = 1e-10·sqrt(d_k)``.
+    """
+    hf, state_dict = fla_source(source, "LinearAttention")
+    feature_map = fla_get(hf, "feature_map", "elementwise_product")
+    if feature_map not in _FLA_FEATURE_MAPS:
+        raise CheckpointError(
+            f"LinearAttention converter: feature_map={feature_map!r} is not supported by this model "
+            f"(parameter-free maps only: {', '.join(_FLA_FEATURE_MAPS)})"
+        )
+    for name in ("norm_q", "norm_k"):
+        if fla_get(hf, name, False):
+            raise CheckpointError(f"LinearAttention converter: {name}=True is not supported by this model")
+    fields = fla_config_fields(hf, "LinearAttention")
+    normalize = bool(fla_get(hf, "norm_feature_map", False))
+    head_k_dim = round(fields["d_model"] * fields["expand_k"]) // fields["n_heads"]
+    fields |= {
+        "feature_map": _FLA_FEATURE_MAPS[feature_map],
+        "normalize": normalize,
+        "normalizer_eps": 1e-10 * head_k_dim**0.5,
+        "use_output_gate": False,
+        "output_norm": "rmsnorm",
+        "norm_position": "pre",
+    }
+    config = LinearTransformerConfig(**{**fields, **overrides})
+    weights = {
+        key.replace(".mixer.norm.", ".mixer.o_norm."): value for key, value in map_fla_state_dict(state_dict).items()
+    }
+    model: LinearTransformer = load_fla(LinearTransformer, config, weights)
+    return model

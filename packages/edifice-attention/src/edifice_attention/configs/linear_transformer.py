@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from edifice import Paper, field
+from edifice import Converter, Paper, field
 from edifice_attention.configs._linear_attention import LinearAttentionConfig, linear_attention_spec
 
-__all__ = ["FEATURE_MAPS", "SPECS", "LinearTransformerConfig"]
+__all__ = ["CONVERTERS", "FEATURE_MAPS", "SPECS", "LinearTransformerConfig"]
 
 KATHAROPOULOS = Paper(
     "Transformers are RNNs: Fast Autoregressive Transformers with Linear Attention",
@@ -67,5 +67,15 @@ SPECS = (
         KATHAROPOULOS,
         tiny={"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 32, "d_in": 12, "chunk_size": 4},
         verification="parity:fla.ops.linear_attn.naive.naive_recurrent_linear_attn",
+        interop=("fla.models.LinearAttentionForCausalLM",),
+    ),
+)
+
+CONVERTERS = (
+    Converter(
+        "fla.models.LinearAttentionForCausalLM",
+        "linear_transformer",
+        "edifice_attention.linear_transformer:from_fla",
+        "flash-linear-attention LinearAttention checkpoints (elu, relu or identity feature map): input_ids -> logits.",
     ),
 )
