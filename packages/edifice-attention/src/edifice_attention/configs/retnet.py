@@ -26,11 +26,16 @@ class RetNetConfig(LinearAttentionConfig):
     rope_base: float = field(10000.0, "Base of the rotation Θ applied to q and k (eq. 3; RoPE's frequencies).")
 
     def validate(self) -> None:
-        """Rotation pairs channels: the key size per head must be even."""
+        """Rotation pairs channels: the key size per head must be even; the feature map is an activation."""
         super().validate()
         self.check_positive("rope_base")
+        self.check_activation("feature_map")
         if self.head_k_dim % 2:
-            self.fail("expand_k", f"the key size per head ({self.head_k_dim}) must be even for the rotation Θ")
+            self.fail(
+                "expand_k",
+                f"gives a key size per head of {self.head_k_dim} (d_model={self.d_model}); it must be even for the "
+                "rotation Θ",
+            )
 
     def default_d_ff(self) -> int:
         """2·d_model (§3.1: with V = 2d this gives 12d² parameters a layer, like a transformer's)."""
