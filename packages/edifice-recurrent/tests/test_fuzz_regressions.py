@@ -44,3 +44,8 @@ def test_odd_head_size_error_names_d_model(name: str, overrides: dict[str, int])
 def test_xlstm_width_error_names_d_model() -> None:
     with pytest.raises(edifice.ConfigError, match=r"field 'qk_dim_factor'=0\.5 gives width 23 \(of d_model=47\)"):
         edifice.config("mlstm", **{**edifice.get_spec("mlstm").tiny, "d_model": 47})
+
+
+def test_huginn_rope_base_must_exceed_one() -> None:
+    with pytest.raises(edifice.ConfigError, match=r"field 'rope_base'=1\.0 must be > 1"):
+        edifice.config("huginn", **edifice.get_spec("huginn").tiny, rope_base=1.0)
