@@ -41,9 +41,26 @@ CAUSAL = edifice.list_architectures(causal=True)
 STATEFUL = edifice.list_architectures(causal=True, stateful=True)
 
 
-def _cases(names: list[str]) -> list[Any]:
+#: Entries known not to hold at T_LONG, with what fails: each case is a strict xfail, so a fix turns it red until
+#: the entry leaves this list (docs/reliability.md tracks them).
+KNOWN_LONG_SEQUENCE_FAILURES = {
+    "miras": "NaN gradients from T = 2048 (fp32 too): the backward of its chunked test-time gradient descent "
+    "overflows (MulBackward0 in memory_gd's gradient factors) while the forward stays finite",
+}
+
+
+def _cases(names: list[str], known: Mapping[str, str] | None = None) -> list[Any]:
+    known = known or {}
     return [
-        pytest.param(arch, device, id=f"{arch}-{device}", marks=_ON_CUDA if device == "cuda" else [pytest.mark.slow])
+        pytest.param(
+            arch,
+            device,
+            id=f"{arch}-{device}",
+            marks=[
+                *(_ON_CUDA if device == "cuda" else [pytest.mark.slow]),
+                *([pytest.mark.xfail(strict=True, reason=known[arch])] if arch in known else []),
+            ],
+        )
         for device in ("cpu", "cuda")
         for arch in names
     ]
@@ -104,7 +121,7 @@ def _max_abs(tensors: Iterator[torch.Tensor]) -> float:
     return worst
 
 
-@pytest.mark.parametrize(("arch", "device"), _cases(CAUSAL))
+@pytest.mark.parametrize(("arch", "device"), _cases(CAUSAL, KNOWN_LONG_SEQUENCE_FAILURES))
 def test_long_sequence_bf16(arch: str, device: str, record_property: pytest.RecordProperty) -> None:
     model = _build(arch, device).train()
     batch = 1 if device == "cpu" else 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,9 @@ import edifice
 import edifice_arena
 from edifice.cli.main import main
 from edifice.errors import ConfigError
+from edifice_arena.progress import Progress
 from edifice_arena.sizing import Entry, Skip, count_parameters, eligibility, size_entry
+from edifice_arena.training import StepRecord
 
 INSTALLED = set(edifice.list_architectures())
 needs = pytest.mark.skipif(
@@ -68,6 +71,43 @@ def test_same_arena_twice_gives_the_same_results() -> None:
     assert first.entries[0].sweep == second.entries[0].sweep and set(first.entries[0].sweep) == {1e-3, 1e-2}
     assert first.results_table == second.results_table  # the costs table holds measurements, which vary
     assert json.loads(first.to_json())["entries"][0]["lr"] in (1e-3, 1e-2)
+
+
+@needs
+def test_entries_in_worker_processes_match_one_process() -> None:
+    class Recorder(Progress):
+        def __init__(self) -> None:
+            self.steps: dict[str, list[int]] = {}
+            self.done: list[str] = []
+
+        def callback(self, label: str, steps: int) -> Callable[[StepRecord], None]:
+            self.steps[label] = []
+            return lambda record: self.steps[label].append(record.step)
+
+        def finished(self, label: str, metric: float) -> None:
+            self.done.append(label)
+
+    fields = {
+        "archs": ("lstm", "decoder_only"),
+        "task": "parity",
+        "task_options": {"seq_len": 8},
+        "params": 6800,
+        "tolerance": 0.5,
+        "steps": 3,
+        "batch_size": 4,
+        "eval_batches": 1,
+        "eval_batch_size": 4,
+        "measure_decode": False,
+    }
+    progress = Recorder()
+    alone = edifice_arena.run(**fields, jobs=1)
+    together = edifice_arena.run(**fields, jobs=2, progress=progress)
+    assert together.jobs == 2 and json.loads(together.to_json())["environment"]["jobs"] == 2
+    for a, b in zip(alone.entries, together.entries, strict=True):
+        assert a.arch == b.arch and b.runs[0].losses == pytest.approx(a.runs[0].losses, rel=1e-5)
+    # Every worker's progress reached the parent, step by step, in order.
+    assert progress.steps == {"lstm seed=0": [1, 2, 3], "decoder_only seed=0": [1, 2, 3]}
+    assert sorted(progress.done) == ["decoder_only seed=0", "lstm seed=0"]
 
 
 @pytest.mark.parametrize(

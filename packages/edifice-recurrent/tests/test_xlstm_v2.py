@@ -84,7 +84,8 @@ def test_matches_transformers_causal_lm(weight_mode: str, T: int) -> None:
 def test_final_norm_uses_norm_eps() -> None:
     hf = make_hf(seed=5, norm_eps=1e-3)
     model = edifice.convert("transformers.xLSTMForCausalLM", hf).eval()
-    assert logit_error(hf, model, T=5) <= 3e-5 and model.norm.eps == 1e-3
+    # The final norm at 1e-6 instead of 1e-3 was 1.2e-3 off; the bound leaves room for the thread count's rounding.
+    assert logit_error(hf, model, T=5) <= 3e-4 and model.norm.eps == 1e-3
 
 
 def test_single_token_matches_transformers_causal_lm() -> None:

@@ -45,7 +45,7 @@ def test_one_modality_is_mamba_exactly() -> None:
     x = _x(2, 9, seed=3)
     with torch.no_grad():
         assert_close(mom(x=x), mamba.eval()(x=x), FP32)
-    with pytest.raises(edifice.InputError, match="unexpected input 'modality_mask'"):
+    with pytest.raises(edifice.InputError, match="input 'modality_mask' is taken only when n_modalities > 1"):
         mom(x=x, modality_mask=torch.zeros(2, 9, dtype=torch.long))
 
 

@@ -90,6 +90,8 @@ class ArenaResults:
     """The task's fields, metric and chance level."""
     entries: list[EntryResult]
     skipped: list[Skip]
+    jobs: int = 1
+    """Entries that trained at once, each in its own process (their costs were measured side by side)."""
 
     def __post_init__(self) -> None:
         sign = -1.0 if self.task["higher_is_better"] else 1.0
@@ -194,6 +196,7 @@ class ArenaResults:
                 "torch": torch.__version__,
                 "python": platform.python_version(),
                 "device": _device_name(self.config.device),
+                "jobs": self.jobs,
             },
             "entries": [e.to_dict() for e in self.entries],
             "skipped": [{"arch": s.arch, "reason": s.reason} for s in self.skipped],

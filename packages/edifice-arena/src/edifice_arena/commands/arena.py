@@ -54,6 +54,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seeds", type=_positive_int, metavar="N", help="runs per entry; the table shows mean ± std")
     parser.add_argument("--device", help="cpu (default) or cuda")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="entries trained at once on a CPU, each in its own process (default: one per core; 1: one at a time)",
+    )
     parser.add_argument("--json", metavar="PATH", help="write the full results as JSON ('-' for stdout)")
     parser.add_argument("--csv", metavar="PATH", help="write one row per entry as CSV ('-' for stdout)")
     parser.add_argument("--plot", metavar="PATH", default="arena.png", help="PNG to write (default arena.png)")
@@ -115,6 +121,7 @@ def _apply(config: Any, args: argparse.Namespace) -> Any:
         ("lr", "lr"),
         ("seeds", "seeds"),
         ("device", "device"),
+        ("jobs", "jobs"),
     ):
         if getattr(args, option) is not None:
             changes[field] = getattr(args, option)
