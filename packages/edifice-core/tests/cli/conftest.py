@@ -15,6 +15,12 @@ from edifice.plugins import get_registry
 HERE = Path(__file__).parent
 
 
+@pytest.fixture(autouse=True)
+def _no_columns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tables print whole lines unless a test sets ``COLUMNS`` itself (CI shells may export one, e.g. 80)."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+
+
 @pytest.fixture
 def cli_plugin(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
     """Register ``cli_fixture_plugin`` for one test."""

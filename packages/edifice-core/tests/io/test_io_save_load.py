@@ -363,7 +363,7 @@ def test_older_config_schema_is_migrated(tmp_path: Path, monkeypatch: pytest.Mon
     loaded = load(path)
     assert loaded.config == model.config
     monkeypatch.delattr(TinyIOConfig, "migrate_config")  # ArchConfig's, from schema_changes, has nothing recorded
-    with pytest.raises(CheckpointError, match="from schema 0 to 1 failed: .*records no migration to schema 1"):
+    with pytest.raises(CheckpointError, match=r"from schema 0 to 1 failed: .*records no migration to schema 1"):
         load(path)
 
 
