@@ -16,7 +16,6 @@ Results: ``arena_overhead_<device>.{json,md,png}`` under ``--out``.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +26,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).parent))
 
 from harness import Results
-from train_overhead import bare_loop, timed
+from train_overhead import bare_loop, compare
 
 import edifice
 from edifice_arena.progress import RichProgress
@@ -82,14 +81,7 @@ def main() -> None:
 
         bare = bare_loop(build(), task, batch, device, None)  # type: ignore[arg-type]  # any BatchSource
         arena = arena_loop(build(), task, batch, device, total)
-        for run in (bare, arena):
-            timed(run, 0, args.warmup, device)
-        times: dict[str, list[float]] = {"bare": [], "arena": []}
-        for round_index in range(args.rounds):
-            first = args.warmup + round_index * args.steps
-            times["bare"].append(timed(bare, first, args.steps, device))
-            times["arena"].append(timed(arena, first, args.steps, device))
-        bare_ms, arena_ms = statistics.median(times["bare"]), statistics.median(times["arena"])
+        bare_ms, arena_ms = compare(bare, arena, args, device)
         shape = f"B={batch} T={seq_len} d={d_model}"
         results.add(arch, "bare PyTorch loop", shape, bare_ms)
         results.add(arch, "edifice arena step", shape, arena_ms, overhead_pct=100 * (arena_ms / bare_ms - 1))

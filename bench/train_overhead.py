@@ -109,6 +109,20 @@ def timed(run: Callable[[int, int], None], first: int, steps: int, device: torch
     return (time.perf_counter() - start) * 1e3 / steps
 
 
+def compare(
+    bare: Callable[[int, int], None], loop: Callable[[int, int], None], args: argparse.Namespace, device: torch.device
+) -> tuple[float, float]:
+    """Median ms per step of ``bare`` and ``loop`` over ``args.rounds`` alternating rounds, after warming both."""
+    for run in (bare, loop):
+        timed(run, 0, args.warmup, device)
+    times: tuple[list[float], list[float]] = ([], [])
+    for round_index in range(args.rounds):
+        first = args.warmup + round_index * args.steps
+        for run, measured in zip((bare, loop), times, strict=True):
+            measured.append(timed(run, first, args.steps, device))
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
 def main() -> None:
     """Measure every case and write the results."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -129,14 +143,7 @@ def main() -> None:
         source = TokenWindows(stream, VOCAB, seq_len, seed=0, name="random tokens")
         bare = bare_loop(build(arch, overrides, device), source, batch, device, precision)
         arena = arena_loop(build(arch, overrides, device), source, batch, device, total, "bf16" if cuda else "fp32")
-        for run in (bare, arena):
-            timed(run, 0, args.warmup, device)
-        times: dict[str, list[float]] = {"bare": [], "arena": []}
-        for round_index in range(args.rounds):
-            first = args.warmup + round_index * args.steps
-            times["bare"].append(timed(bare, first, args.steps, device))
-            times["arena"].append(timed(arena, first, args.steps, device))
-        bare_ms, arena_ms = statistics.median(times["bare"]), statistics.median(times["arena"])
+        bare_ms, arena_ms = compare(bare, arena, args, device)
         shape = f"B={batch} T={seq_len}"
         results.add(name, "bare PyTorch loop", shape, bare_ms)
         results.add(name, "edifice_arena Trainer", shape, arena_ms, overhead_pct=100 * (arena_ms / bare_ms - 1))
