@@ -38,7 +38,7 @@ PY
     pack() { if [ -n "${OUT:-}" ]; then tar -czf "$OUT/edifice-gpu-results.tar.gz" -C "$out" .; fi; }
     status=0
     if [ "$action" != bench ]; then
-        # The 2 s per-check budget is CI's (2 CPU cores); here the first check of a worker also pays CUDA's start-up.
+        # No hang guard here: the first check of a worker also pays CUDA's start-up and kernel compilation.
         python3 -m pytest -p no:cacheprovider -m gpu -n 8 --edifice-check-time-limit 0 --durations=15 -ra packages tests "$@" \
             2>&1 | tee "$out/gpu-tests.log" || status=$?
         pack
@@ -49,6 +49,8 @@ PY
             python3 bench/ssm_speed.py gpu --dtype bfloat16 --out "$out"
             python3 bench/recurrent_latency.py --device cuda --out "$out"
             python3 bench/recurrent_latency.py --device cuda --dtype float16 --out "$out"
+            python3 bench/train_overhead.py --device cuda --out "$out"
+            python3 bench/arena_overhead.py --device cuda --out "$out"
         } 2>&1 | tee "$out/bench.log" || status=$?
         pack
     fi
