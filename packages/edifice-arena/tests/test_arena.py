@@ -178,3 +178,19 @@ def test_config_validates_itself() -> None:
 def test_cuda_without_a_gpu_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["arena", "--device", "cuda", "--steps", "1"]) == 2
     assert "field 'device'='cuda' asks for CUDA" in capsys.readouterr().err
+
+
+def test_the_suites_follow_their_documented_protocols() -> None:
+    from edifice_arena.suites import ZOOLOGY_GRID, ZOOLOGY_WIDTHS, suite
+
+    (default,) = suite("default")
+    assert default.task == "mqar" and default.task_options == {"seq_len": 32, "num_kv_pairs": 4, "vocab": 64}
+    assert (default.params, default.steps, default.batch_size, default.jobs) == (100_000, 600, 32, 0)
+    zoology = suite("zoology")
+    assert len(zoology) == len(ZOOLOGY_GRID) * len(ZOOLOGY_WIDTHS) == 9
+    points = {(c.task_options["seq_len"], c.task_options["num_kv_pairs"], c.d_model) for c in zoology}
+    assert points == {(t, p, w) for t, p in ZOOLOGY_GRID for w in ZOOLOGY_WIDTHS}
+    assert all(c.params is None and c.task_options["vocab"] == 8192 and c.n_layers == 2 for c in zoology)
+    assert all(c.overrides["attention"] == {"n_heads": 1} for c in zoology)  # one head, as the paper's attention
+    with pytest.raises(ConfigError, match="nope"):
+        suite("nope")
