@@ -130,7 +130,7 @@ class BlockDiagonalLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply each block's map to its slice of the last dimension."""
-        blocks = x.unflatten(-1, (self.n_blocks, self.block_width))  # (..., H, W)
+        blocks = x.reshape(*x.shape[:-1], self.n_blocks, self.block_width)  # (..., H, W)
         y = torch.einsum("...hi,hij->...hj", blocks, self.weight) + self.bias
         return y.flatten(-2)
 
@@ -174,10 +174,13 @@ class RGLRU(nn.Module):
             a, b = torch.where(valid, a, 1.0), torch.where(valid, b, 0.0)
         return a, b
 
-    def forward(self, x: Tensor, positions: Tensor, mask: Tensor | None = None, initial: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, positions: Tensor, mask: Tensor | None = None, initial: Tensor | None = None
+    ) -> Tensor:
         """All states ``h [B, T, D_RNN]`` (fp32) from ``h_{-1} = initial`` (zeros when None)."""
         a, b = self.coefficients(x, positions, mask)
-        return cast(Tensor, ops.linear_recurrence(a, b, initial))
+        h: Tensor = ops.linear_recurrence(a, b, initial)
+        return h
 
 
 class RecurrentBlock(nn.Module):
@@ -228,7 +231,7 @@ class RecurrentBlock(nn.Module):
         positions: Tensor | None = None,
         state: RecurrentBlockState | None = None,
     ) -> Tensor:
-        """``x [B, T, d_model]`` -> ``[B, T, d_model]``; ``positions [B, T]`` (default ``0..T-1``); ``state`` updated."""
+        """``x [B, T, d_model]`` -> ``[B, T, d_model]``; ``positions [B, T]`` default ``0..T-1``; ``state`` updated."""
         B, T, _ = x.shape
         if positions is None:
             positions = torch.arange(T, device=x.device).expand(B, T)

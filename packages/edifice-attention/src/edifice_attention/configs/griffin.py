@@ -61,7 +61,8 @@ class GriffinConfig(SequenceConfig):
     attention_dropout: float = field(0.0, "Dropout on the attention probabilities (training only).")
     norm_eps: float = field(1e-6, "Epsilon of every RMSNorm.")
     scale_embeddings: bool = field(
-        False, "Multiply token embeddings by sqrt(d_model) rounded to bfloat16 (RecurrentGemma; the paper's presets: no)."
+        False,
+        "Multiply token embeddings by sqrt(d_model) rounded to bfloat16 (RecurrentGemma; the paper's presets: no).",
     )
     logits_soft_cap: float | None = field(
         None, "Soft-cap the logits to cap·tanh(logits / cap) (RecurrentGemma: 30); None: off (the paper's presets)."
