@@ -376,9 +376,11 @@ def recurrent_gemma_config(hf: Any, **overrides: Any) -> GriffinConfig:
     act = _hf_get(hf, "hidden_activation", "gelu_pytorch_tanh")
     if act not in _GELU_TANH:
         raise CheckpointError(f"RecurrentGemma converter: hidden_activation={act!r} is not supported (GeLU-tanh only)")
-    rope = _hf_get(hf, "rope_parameters") or {}
+    rope = dict(_hf_get(hf, "rope_parameters") or {})  # transformers >= 5.x; older versions keep top-level fields
     if rope.get("rope_type", "default") != "default":
         raise CheckpointError(f"RecurrentGemma converter: rope_type={rope['rope_type']!r} is not supported")
+    theta = rope.get("rope_theta", _hf_get(hf, "rope_theta", 10000.0))
+    partial = rope.get("partial_rotary_factor", _hf_get(hf, "partial_rotary_factor", 0.5))
     d, heads = _hf_get(hf, "hidden_size"), _hf_get(hf, "num_attention_heads")
     n_layers = _hf_get(hf, "num_hidden_layers")
     kinds = ["recurrent" if k == "recurrent" else "attention" for k in _hf_get(hf, "block_types")]
@@ -391,8 +393,8 @@ def recurrent_gemma_config(hf: Any, **overrides: Any) -> GriffinConfig:
         "d_conv": _hf_get(hf, "conv1d_width", 4),
         "d_ff": _hf_get(hf, "intermediate_size") // 2,
         "window": _hf_get(hf, "attention_window_size", 2048),
-        "rope_base": float(rope.get("rope_theta", 10000.0)),
-        "rotary_fraction": float(rope.get("partial_rotary_factor", 0.5)),
+        "rope_base": float(theta),
+        "rotary_fraction": float(partial),
         "attention_bias": bool(_hf_get(hf, "attention_bias", False)),
         "attention_dropout": float(_hf_get(hf, "attention_dropout", 0.0)),
         "norm_eps": float(_hf_get(hf, "rms_norm_eps", 1e-6)),
