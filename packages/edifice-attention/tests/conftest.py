@@ -64,3 +64,42 @@ def token_ids() -> Callable[..., torch.Tensor]:
     return lambda batch=2, length=12, seed=0: torch.randint(
         0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed)
     )
+
+
+# -- helpers of the softmax-attention variants' tests (diff_transformer, gated_attention, ssmax, fox, ...) ---------
+def _rope64(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0, rotary_dim: int | None = None) -> Any:
+    """RoFormer eq. 34 in the rotate-half layout, in fp64: ``x [B, H, T, D]`` at ``positions [T]``."""
+    R = x.shape[-1] if rotary_dim is None else rotary_dim
+    inv = base ** (-torch.arange(0, R, 2, dtype=torch.float64) / R)
+    angles = positions.double()[:, None] * inv[None, :]  # (T, R/2)
+    cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
+    rot, rest = x[..., :R], x[..., R:]
+    half = torch.cat([-rot[..., R // 2 :], rot[..., : R // 2]], -1)
+    return torch.cat([rot * cos + half * sin, rest], -1)
+
+
+def _causal_scores(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """``q k^T * scale`` with ``-inf`` above the diagonal (queries are the last ``Tq`` of ``Tk`` positions)."""
+    Tq, Tk = q.shape[-2], k.shape[-2]
+    s = (q @ k.transpose(-1, -2)) * scale
+    return s.masked_fill(torch.ones(Tq, Tk, dtype=torch.bool).triu(Tk - Tq + 1), float("-inf"))
+
+
+def _decode_matches(model: Any, inputs: torch.Tensor, *, prefill: int = 3, atol: float = 1e-4) -> float:
+    """Prefill + single steps through a static cache equal ``forward`` at every position; returns the max error."""
+    with torch.no_grad():
+        want = model(**{model.primary_input: inputs})
+        state = model.init_state(inputs.shape[0], max_len=inputs.shape[1] + 2)
+        outs = [model.step(inputs[:, :prefill], state)[0]]
+        outs += [model.step(inputs[:, t : t + 1], state)[0] for t in range(prefill, inputs.shape[1])]
+    got = torch.cat(outs, 1)
+    torch.testing.assert_close(got, want, atol=atol, rtol=atol)
+    return float((got - want).abs().max())
+
+
+@pytest.fixture
+def variant_helpers() -> Any:
+    """fp64 RoPE (``rope``), causal scores (``causal_scores``) and the step-vs-forward check (``decode_matches``)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(rope=_rope64, causal_scores=_causal_scores, decode_matches=_decode_matches)

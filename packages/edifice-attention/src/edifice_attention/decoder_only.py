@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -78,34 +78,47 @@ class DecoderOnly(SequenceBackbone):
 
     # -- SequenceBackbone hooks -----------------------------------------------------------------------------------
     def build_layer(self, index: int) -> nn.Module:
-        """One residual block: causal (grouped-query) self-attention, then a dense or mixture-of-experts FFN."""
+        """One residual block: the :meth:`build_mixer` attention, then a dense or mixture-of-experts FFN."""
         c = self.config
-        rope = None
-        if c.positional == "rope":
-            rope = RotaryEmbedding(c.head_size, rotary_dim=c.rotary_dim, base=c.rope_base, scaling=c.rope_scaling)
-        mixer = Attention(
-            c.d_model,
-            c.n_heads,
-            n_kv_heads=c.kv_heads,
-            head_dim=c.head_size,
-            causal=True,
-            window=c.window,
-            rope=rope,
-            bias=c.attention_bias,
-            qk_norm=c.qk_norm,
-            norm_eps=c.norm_eps,
-            softcap=c.softcap,
-            dropout=c.attention_dropout,
-        )
         return TransformerBlock(
             c.d_model,
-            mixer,
+            self.build_mixer(index),
             self._build_ffn(),
             norm=c.norm,
             norm_eps=c.norm_eps,
             norm_position=c.norm_position,
             dropout=c.dropout,
         )
+
+    def build_rope(self, head_dim: int | None = None) -> RotaryEmbedding | None:
+        """The rotary embedding of one layer (``head_dim`` defaults to the config's head size), or None."""
+        c = self.config
+        if c.positional != "rope":
+            return None
+        head_dim = c.head_size if head_dim is None else head_dim
+        return RotaryEmbedding(head_dim, rotary_dim=c.rotary_dim, base=c.rope_base, scaling=c.rope_scaling)
+
+    def build_mixer(self, index: int) -> nn.Module:
+        """Layer ``index``'s token mixer: causal (grouped-query) self-attention. Attention variants override this."""
+        return Attention(**self.attention_kwargs())
+
+    def attention_kwargs(self) -> dict[str, Any]:
+        """The keywords of :class:`~edifice.blocks.attention.Attention` that the config fixes (a fresh RoPE each)."""
+        c = self.config
+        return {
+            "d_model": c.d_model,
+            "n_heads": c.n_heads,
+            "n_kv_heads": c.kv_heads,
+            "head_dim": c.head_size,
+            "causal": True,
+            "window": c.window,
+            "rope": self.build_rope(),
+            "bias": c.attention_bias,
+            "qk_norm": c.qk_norm,
+            "norm_eps": c.norm_eps,
+            "softcap": c.softcap,
+            "dropout": c.attention_dropout,
+        }
 
     def _build_ffn(self) -> nn.Module:
         c = self.config

@@ -107,8 +107,12 @@ class _MultiHeadAttention(nn.Module):
             dropout_p=self.dropout if self.training else 0.0,
             **masking,
         )  # (B, Hq, T, D)
+        return self._merge_heads(out)
+
+    def _merge_heads(self, out: Tensor) -> Tensor:
+        """``o_proj`` of the concatenated heads: ``[B, Hq, T, Dv] -> [B, T, d_model]`` (MultiHead, §3.2.2)."""
         B, _, T, _ = out.shape
-        y: Tensor = self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+        y: Tensor = self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
         return y
 
     def _check_x(self, x: Tensor, what: str, width: int) -> None:
@@ -182,18 +186,43 @@ class Attention(_MultiHeadAttention):
         positions of ``x`` (default ``0 .. T-1``; required with a ``state``), used by RoPE, causality and the window.
         ``state`` is updated in place with this call's keys and values.
         """
+        q, k, v = self._qkv(x, mask=mask, positions=positions, state=state)
+        k, v, masking = self._fetch(k, v, mask=mask, positions=positions, state=state)
+        return self._attend(q, k, v, **masking)
+
+    def _check_call(self, x: Tensor, mask: Tensor | None, positions: Tensor | None, state: Any) -> None:
+        """The input checks of :meth:`forward` (shapes of ``x`` and ``mask``; positions given with a cache)."""
         self._check_x(x, "x", self.d_model)
         B, T, _ = x.shape
         _check_mask(type(self).__name__, mask, B, T)
         if state is not None and positions is None:
-            raise ValueError("Attention: positions are required with a KV cache state (the absolute index of x)")
+            raise ValueError(
+                f"{type(self).__name__}: positions are required with a KV cache state (the absolute index of x)"
+            )
+
+    def _rotate(self, x: Tensor, positions: Tensor | None, *heads: Tensor) -> tuple[Tensor, ...]:
+        """RoPE at ``positions`` (default ``0 .. T-1``) on each of ``heads`` ``[B, H, T, D]`` (unchanged without)."""
+        if self.rope is None:
+            return heads
+        rope_positions = positions if positions is not None else torch.arange(x.shape[1], device=x.device)
+        cos, sin = self.rope(rope_positions)  # (T, R) or (B, T, R)
+        return tuple(apply_rotary(h, cos, sin) for h in heads)
+
+    def _qkv(
+        self, x: Tensor, *, mask: Tensor | None, positions: Tensor | None, state: Any
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Checked ``x [B, T, d_model]`` -> q ``[B, Hq, T, D]``, k and v ``[B, Hk, T, D]`` (qk-norm, RoPE applied)."""
+        self._check_call(x, mask, positions, state)
         q = self._split(self.q_proj, x, self.n_heads, self.q_norm)  # (B, Hq, T, D)
         k = self._split(self.k_proj, x, self.n_kv_heads, self.k_norm)  # (B, Hk, T, D)
         v = self._split(self.v_proj, x, self.n_kv_heads, None)  # (B, Hk, T, D)
-        if self.rope is not None:
-            rope_positions = positions if positions is not None else torch.arange(T, device=x.device)
-            cos, sin = self.rope(rope_positions)  # (T, R) or (B, T, R)
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k = self._rotate(x, positions, q, k)
+        return q, k, v
+
+    def _fetch(
+        self, k: Tensor, v: Tensor, *, mask: Tensor | None, positions: Tensor | None, state: KVCache | None
+    ) -> tuple[Tensor, Tensor, dict[str, Any]]:
+        """The keys and values the new queries attend (the cache's, after writing these) and the masking keywords."""
         masking: dict[str, Any] = {"causal": self.causal, "window": self.window}
         if state is not None:
             # positions checked above; a ring buffer may return more slots than it keeps
@@ -204,7 +233,7 @@ class Attention(_MultiHeadAttention):
             masking.update(q_positions=positions, k_positions=positions)
             if mask is not None:
                 masking["attn_mask"] = mask[:, None, None, :]  # (B, 1, 1, T) key padding
-        return self._attend(q, k, v, **masking)
+        return k, v, masking
 
     def init_state(
         self,
