@@ -5,7 +5,7 @@
   Griffin uses RecurrentGemma's block pattern (recurrent, recurrent, attention) with a window shorter than the
   sequence; Hawk is RecurrentGemma with ``block_types=["recurrent"]`` (transformers allows it). Killed by the
   no-decay recurrence, unmasked attention, an unnormalised RMSNorm and a stateless Conv1D.
-* Oracle: the RG-LRU (eqs. 1-6) against a token loop of the paper's equations in fp64, outputs, gradients and final
+* Oracle: the RG-LRU (eqs. 1-4) against a token loop of the paper's equations in fp64, outputs, gradients and final
   state, at T = 1, 63, 130, from a non-zero initial state and with a segment reset inside.
 * Forms: ``forward`` (parallel scan), chunked prefill (chunk sizes that do not divide T) and token-by-token ``step``
   agree at T = 1, 63, 130, also continuing from a non-zero state; the decoding state has a constant size.
@@ -115,7 +115,7 @@ def rg_lru_oracle(lru: RGLRU, x: torch.Tensor, positions: torch.Tensor, h0: torc
         blocks = xt.view(-1, H, W)
         r = torch.sigmoid(torch.einsum("bhi,hij->bhj", blocks, wa) + ba).flatten(1)  # eq. 1
         i = torch.sigmoid(torch.einsum("bhi,hij->bhj", blocks, wx) + bx).flatten(1)  # eq. 2
-        a = a_base ** (lru.c * r)  # eq. 3, 6
+        a = a_base ** (lru.c * r)  # eq. 3
         start = (positions[:, t] == 0)[:, None]
         h = torch.where(start, i * xt, a * h + torch.sqrt(1 - a**2) * (i * xt))  # eq. 4 (reset at a segment start)
         states.append(h)
@@ -147,7 +147,7 @@ def test_rg_lru_matches_the_papers_equations_in_fp64(length: int) -> None:
 
 
 def test_recurrence_gate_exponent_is_c() -> None:
-    """With the recurrence gate saturated at r = 1, a_t = σ(Λ)^c exactly (c = 8, eq. 6)."""
+    """With the recurrence gate saturated at r = 1, a_t = σ(Λ)^c exactly (c = 8, eq. 3)."""
     lru = RGLRU(edifice.config("hawk", d_model=8, n_heads=1, lru_width=8))
     with torch.no_grad():
         lru.recurrence_gate.weight.zero_()
@@ -275,7 +275,7 @@ def test_griffin_pattern_and_hawk_share_the_builder() -> None:
     kinds = [type(layer.mixer).__name__ for layer in griffin.layers]
     assert kinds == ["RecurrentBlock", "RecurrentBlock", "LocalAttention"] * 2
     assert {type(layer.mixer).__name__ for layer in hawk.layers} == {"RecurrentBlock"}
-    assert griffin.config.rnn_width == 22  # 4/3 · 16 rounded up to a multiple of n_heads (§3.1)
+    assert griffin.config.rnn_width == 22  # 4/3 · 16 rounded up to a multiple of n_heads (D_RNN = 4D/3)
     assert griffin.layers[0].ffn.up_proj.out_features == 48  # MLP expansion factor 3 (§2.2)
     assert griffin.layers[2].mixer.n_kv_heads == 1  # multi-query attention
 

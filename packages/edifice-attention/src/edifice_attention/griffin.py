@@ -9,13 +9,13 @@ Implemented (§2, Fig. 2)::
 
     h = x + Temporal(RMSNorm(x));   y = h + MLP(RMSNorm(h))                        residual block (§2.1)
     MLP(x) = W_d (GeLU(W_g x + b_g) ⊙ (W_u x + b_u)) + b_d,   branch width 3·D      gated MLP (§2.2)
-    Temporal = recurrent block (§2.4, Fig. 2c):
+    Temporal = recurrent block (§2.3, Fig. 2):
         out = W_o (GeLU(W_y x + b_y) ⊙ RG-LRU(Conv1D(W_x x + b_x))) + b_o           Conv1D: depthwise, width 4
+      RG-LRU (§2.4), elementwise over D_RNN channels, the block's output is h_t:
         r_t = σ(W_a x_t + b_a)                        recurrence gate          (eq. 1)
         i_t = σ(W_x x_t + b_x)                        input gate               (eq. 2)
-        a_t = a^{c r_t},  a = σ(Λ),  c = 8            computed as log a_t = -c r_t softplus(-Λ)   (eq. 3, 6)
+        a_t = a^{c r_t},  a = σ(Λ),  c = 8            (eq. 3), computed in log space: log a_t = -c r_t softplus(-Λ)
         h_t = a_t ⊙ h_{t-1} + sqrt(1 - a_t²) ⊙ (i_t ⊙ x_t)                       (eq. 4)
-        y_t = h_t                                                                (eq. 5)
       or local multi-query attention (§2.3): causal softmax attention over the last ``window`` positions, one
       key/value head, RoPE on the first half of each head's features, biased output projection.
 
@@ -136,7 +136,7 @@ class BlockDiagonalLinear(nn.Module):
 
 
 class RGLRU(nn.Module):
-    """The real-gated linear recurrent unit (eqs. 1-6): ``x [B, T, D_RNN] -> h [B, T, D_RNN]``."""
+    """The real-gated linear recurrent unit (§2.4, eqs. 1-4): ``x [B, T, D_RNN] -> h [B, T, D_RNN]``."""
 
     def __init__(self, config: GriffinConfig) -> None:
         super().__init__()
@@ -156,14 +156,14 @@ class RGLRU(nn.Module):
             self.lambda_.copy_(lru_init(tuple(self.lambda_.shape), self.c, *self.init_range, self.init_kind))
 
     def coefficients(self, x: Tensor, positions: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``(a_t, b_t)`` in fp32 with ``h_t = a_t h_{t-1} + b_t``: eqs. 1-4 with the reset and padding applied.
+        """``(a_t, b_t)`` in fp32 with ``h_t = a_t h_{t-1} + b_t`` (eqs. 1-4), with the reset and padding applied.
 
         ``positions [B, T]`` (0 starts a segment: ``a = 0`` and no ``sqrt(1 - a²)`` factor); ``mask [B, T]`` marks
         valid positions (a padded one gets ``a = 1, b = 0`` and leaves the state unchanged).
         """
         i = torch.sigmoid(self.input_gate(x)).float()  # eq. 2
         r = torch.sigmoid(self.recurrence_gate(x)).float()  # eq. 1
-        log_a = -self.c * r * F.softplus(-self.lambda_.float())  # eq. 6: log a^{c r} = c r log σ(Λ)
+        log_a = -self.c * r * F.softplus(-self.lambda_.float())  # eq. 3 in log space: log a^{c r} = c r log σ(Λ)
         a = torch.exp(log_a)
         reset = (positions == 0)[..., None]  # (B, T, 1)
         norm = torch.where(reset, 1.0, sqrt_bounded_grad(1.0 - torch.exp(2.0 * log_a)))  # sqrt(1 - a_t²)

@@ -43,10 +43,10 @@ class GriffinConfig(SequenceConfig):
     n_heads: int = field(4, "Heads of the local attention and diagonal blocks of the RG-LRU gates (RecurrentGemma).")
     n_kv_heads: int = field(1, "Key/value heads of the local attention; 1 is multi-query attention (the paper).")
     lru_width: int | None = field(
-        None, "Width D_RNN of the recurrent block; None: 4/3·d_model rounded up to a multiple of n_heads (§3.1)."
+        None, "Width D_RNN of the recurrent block; None: 4/3·d_model rounded up to a multiple of n_heads (the paper)."
     )
-    d_conv: int = field(4, "Temporal width of the recurrent block's causal depthwise Conv1D (§2.4: 4).")
-    lru_c: float = field(8.0, "The constant c of the recurrence gate, a_t = a^(c r_t) (eq. 6: c = 8).")
+    d_conv: int = field(4, "Temporal width of the recurrent block's causal depthwise Conv1D (§2.3: 4).")
+    lru_c: float = field(8.0, "The constant c of the recurrence gate, a_t = a^(c r_t) (eq. 3; c = 8 in the paper).")
     lru_init: str = field(
         "paper", "Λ init: 'paper' (a^c uniform in [lru_min, lru_max], §2.4) or 'ring' (a² uniform: the released code)."
     )
