@@ -29,7 +29,7 @@ are not offered (the converter refuses them).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -38,6 +38,7 @@ from edifice.config import ArchConfig
 from edifice.errors import CheckpointError
 from edifice_attention._linear_attention import fla_config_fields, fla_get, fla_source, load_fla, map_fla_state_dict
 from edifice_attention.configs.flash_linear_attention import FlashLinearAttentionConfig
+from edifice_attention.configs.linear_transformer import LinearTransformerConfig
 from edifice_attention.linear_transformer import EluPlusOne, LinearTransformer, NormalizedLinearAttention
 
 __all__ = [
@@ -65,7 +66,8 @@ class HadamardFeatureMap(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``[..., d] -> [..., d]``."""
-        return self.layer1(x) * self.layer2(x)
+        out: Tensor = self.layer1(x) * self.layer2(x)
+        return out
 
 
 class HedgehogFeatureMap(nn.Module):
@@ -134,8 +136,9 @@ def feature_map(name: str, head_dim: int, *, nu: int = 4) -> tuple[nn.Module, in
 class FlashLinearAttentionMixer(NormalizedLinearAttention):
     """fla's ``LinearAttention`` mixer: separate (or tied) feature maps for q and k; the state is ``[d_φ, d_v]``."""
 
-    def __init__(self, config: FlashLinearAttentionConfig) -> None:
+    def __init__(self, config: LinearTransformerConfig) -> None:
         super().__init__(config)
+        config = cast(FlashLinearAttentionConfig, config)
         name = config.feature_map or "identity"
         self.feature_map_q, width = feature_map(name, config.head_k_dim, nu=config.dpfp_nu)
         self.feature_map_k = (

@@ -37,7 +37,7 @@ so the signature test is an fp64 token loop of these equations.
 from __future__ import annotations
 
 import math
-from typing import ClassVar, cast
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -81,11 +81,12 @@ def residual_linear_attention(
     q, k, v, g, beta, gamma = (t.to(work) for t in (q, k, v, log_alpha, beta, gamma))
     if initial_state is None:
         initial_state = q.new_zeros(B, H, K, 2 * V)
-    S0, R0 = initial_state.to(work).split(V, dim=-1)
+    initial_state = initial_state.to(work)
+    S0, R0 = initial_state[..., :V], initial_state[..., V:]
     # Base pass on doubled heads: head h reads with q_{t+1}·scale, head H + h with k_{t+1}; both states are S.
     queries = torch.cat([q * scale, k], 2)  # (B, T, 2H, K)
     shifted = torch.cat([queries[:, 1:], torch.zeros_like(queries[:, :1])], 1)  # position t holds t + 1's queries
-    twice = {"initial_state": torch.cat([S0, S0], 1), "chunk_size": chunk_size, "scale": 1.0}
+    twice: dict[str, Any] = {"initial_state": torch.cat([S0, S0], 1), "chunk_size": chunk_size, "scale": 1.0}
     k2, g2 = torch.cat([k, k], 2), torch.cat([g, g], 2)
     if variant == "delta":
         after, S = ops.gated_delta_rule(shifted, k2, torch.cat([v, v], 2), torch.cat([beta, beta], 2), g2, **twice)
@@ -97,7 +98,7 @@ def residual_linear_attention(
     base = g.exp()[..., None] * before[:, :, :H]  # α_t S_{t-1} q_t
     r = (v - before[:, :, H:]).clamp(-clip, clip)  # Clip(v_t - S_{t-1} k_t)
     # Residual pass: R_t = α_t R_{t-1} (delta: (I - γ_t k_t k_tᵀ)) + γ_t r_t k_tᵀ, read with q_t.
-    once = {"initial_state": R0, "chunk_size": chunk_size, "scale": scale}
+    once: dict[str, Any] = {"initial_state": R0, "chunk_size": chunk_size, "scale": scale}
     if variant == "delta":
         read, R = ops.gated_delta_rule(q, k, r, gamma, g, **once)
     else:
