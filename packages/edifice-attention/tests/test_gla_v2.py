@@ -3,14 +3,16 @@
 fla's ``GatedLinearAttention(use_short_conv=True)`` runs only through Triton, so the oracle recomputes it from its
 weights (fla's names) with independent code and fla's pure-PyTorch ``naive_recurrent_gla``: each of q, k, v is
 ``SiLU`` of a left-zero-padded depthwise ``F.conv1d`` of its projection, ``log α = logsigmoid(x W_α1 W_α2 + b_α)/16``,
-and the read-out ``RMSNorm_h(o) ⊙ swish(x W_g)`` (fla's ``rms_norm_ref``) through ``W_o``. Our mixer (weights mapped
-by the converter's key map) must match whole and stepped; removing the short convolutions, or a short convolution
-that forgets its history between steps, must fail. The forget-gate init is checked by its statistics.
+and the read-out ``RMSNorm_h(o) ⊙ swish(x W_g)`` (fla's ``rms_norm_ref``) through ``W_o``. Our mixer (weights
+mapped by the converter's key map, conftest's ``fla_oracle``) must match whole and stepped; removing the short
+convolutions, or a short convolution that forgets its history between steps, must fail. The forget-gate init is
+checked by its statistics.
 """
 
 from __future__ import annotations
 
 import warnings
+from contextlib import ExitStack
 from typing import Any
 
 import pytest
@@ -19,7 +21,6 @@ import torch.nn.functional as F
 
 import edifice
 from edifice.testing import mutate_op, signature
-from edifice_attention._linear_attention import map_fla_state_dict
 
 with warnings.catch_warnings():  # fla warns that it runs on CPU; these functions are plain PyTorch
     warnings.simplefilter("ignore")
@@ -68,17 +69,11 @@ def gla_short_conv_oracle(w: dict[str, torch.Tensor], x: torch.Tensor, eps: floa
     return o.flatten(2) @ w["o_proj.weight"].T
 
 
-def mixer_keys(w: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """fla layer keys -> our mixer's, through the converter's own key map (a one-layer model prefix)."""
-    mapped = map_fla_state_dict({f"model.layers.0.attn.{k}": v for k, v in w.items()})
-    return {k.removeprefix("layers.0.mixer."): v for k, v in mapped.items()}
-
-
-def check_mixer(**overrides: Any) -> None:
+def check_mixer(fla_oracle: Any, **overrides: Any) -> None:
     model: Any = edifice.build("gla_v2", d_model=D, n_layers=1, n_heads=H, chunk_size=4, **overrides).eval()
     mixer = model.layers[0].mixer
     w = fla_layer_weights(seed=3)
-    mixer.load_state_dict(mixer_keys(w), strict=False)  # without short convolutions their weights are left out
+    fla_oracle.load_layer(mixer, w, strict=False)  # without short convolutions their weights are left out
     x = torch.randn(B, T, D, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         want = gla_short_conv_oracle(w, x, model.config.norm_eps)
@@ -89,8 +84,8 @@ def check_mixer(**overrides: Any) -> None:
 
 
 @signature("gla_v2")
-def test_gla_v2_mixer_matches_fla_gla_with_short_convolutions() -> None:
-    check_mixer()
+def test_gla_v2_mixer_matches_fla_gla_with_short_convolutions(fla_oracle: Any) -> None:
+    check_mixer(fla_oracle)
 
 
 @pytest.mark.parametrize(
@@ -102,13 +97,12 @@ def test_gla_v2_mixer_matches_fla_gla_with_short_convolutions() -> None:
     ],
     ids=["no-decay", "stateless-conv", "no-short-conv"],
 )
-def test_signature_fails_when_the_mechanism_breaks(op: str | None, overrides: dict[str, Any]) -> None:
-    with pytest.raises(AssertionError):
-        if op is None:
-            check_mixer(**overrides)
-        else:
-            with mutate_op(op):
-                check_mixer(**overrides)
+def test_signature_fails_when_the_mechanism_breaks(op: str | None, overrides: dict[str, Any], fla_oracle: Any) -> None:
+    with ExitStack() as stack:
+        if op is not None:
+            stack.enter_context(mutate_op(op))
+        with pytest.raises(AssertionError):
+            check_mixer(fla_oracle, **overrides)
 
 
 def test_forget_gate_init_gives_long_memory() -> None:

@@ -19,7 +19,6 @@ import torch.nn.functional as F
 
 import edifice
 from edifice.testing import mutate_op, signature
-from edifice_attention._linear_attention import map_fla_state_dict
 
 with warnings.catch_warnings():  # fla warns that it runs on CPU; these functions are plain PyTorch
     warnings.simplefilter("ignore")
@@ -39,7 +38,7 @@ def rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 def gsa_oracle(
     w: dict[str, torch.Tensor], x: torch.Tensor, eps: float, memories: tuple[torch.Tensor, torch.Tensor] | None = None
 ) -> tuple[torch.Tensor, Any]:
-    """fla's ``GatedSlotAttention`` on ``x [B, T, d]`` from its weights; ``memories = (h_k [B,H,K,m], h_v [B,H,m,V])``."""
+    """fla's ``GatedSlotAttention`` on ``x [B, T, d]`` from its weights, from ``memories = (h_k, h_v)``."""
     bt = x.shape[:2]
     q, k, v = (F.silu(x @ w[f"{n}_proj.weight"].T).view(*bt, H, -1) for n in "qkv")
     f = F.logsigmoid(x @ w["f_proj.weight"].T).view(*bt, H, M) / 8
@@ -63,20 +62,19 @@ def fla_model(seed: int, layers: int = 2) -> Any:
     return model
 
 
-def mixer_and_weights(chunk_size: int = 4) -> tuple[Any, dict[str, torch.Tensor], float]:
+def mixer_and_weights(fla_oracle: Any, chunk_size: int = 4) -> tuple[Any, dict[str, torch.Tensor], float]:
     """Our first mixer holding the first layer of a random fla model (through the converter's key map)."""
     fla = fla_model(3, layers=1)
     prefix = "model.layers.0.attn."
     w = {k.removeprefix(prefix): v for k, v in fla.state_dict().items() if k.startswith(prefix)}
     model: Any = edifice.build("gsa", d_model=D, n_layers=1, n_heads=H, num_slots=M, chunk_size=chunk_size).eval()
     mixer = model.layers[0].mixer
-    mapped = map_fla_state_dict({prefix + k: v for k, v in w.items()})
-    mixer.load_state_dict({k.removeprefix("layers.0.mixer."): v for k, v in mapped.items()}, strict=True)
+    fla_oracle.load_layer(mixer, w)
     return mixer, w, model.config.norm_eps
 
 
-def check_mixer() -> None:
-    mixer, w, eps = mixer_and_weights()
+def check_mixer(fla_oracle: Any) -> None:
+    mixer, w, eps = mixer_and_weights(fla_oracle)
     x = torch.randn(B, T, D, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         want, (h_k, h_v) = gsa_oracle(w, x, eps)
@@ -89,13 +87,13 @@ def check_mixer() -> None:
 
 
 @signature("gsa")
-def test_gsa_mixer_matches_fla_naive_recurrent_gsa() -> None:
-    check_mixer()
+def test_gsa_mixer_matches_fla_naive_recurrent_gsa(fla_oracle: Any) -> None:
+    check_mixer(fla_oracle)
 
 
-def test_gsa_continues_from_non_zero_memories() -> None:
+def test_gsa_continues_from_non_zero_memories(fla_oracle: Any) -> None:
     """From random slot memories (K̃₀, Ṽ₀) the chunked forward equals fla's loop started from them."""
-    mixer, w, eps = mixer_and_weights(chunk_size=16)
+    mixer, w, eps = mixer_and_weights(fla_oracle, chunk_size=16)
     gen = torch.Generator().manual_seed(7)
     h_k, h_v = torch.randn(B, H, D // H, M, generator=gen), torch.randn(B, H, M, D // H, generator=gen)
     x = torch.randn(B, 37, D, generator=gen)
@@ -119,31 +117,19 @@ def no_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tenso
     [("linear_attention", None), ("gated_linear_attention", None), ("gated_linear_attention", no_softmax)],
     ids=["pass1-exclusive", "pass2-no-decay", "no-softmax-read"],
 )
-def test_signature_fails_when_the_mechanism_breaks(op: str, wrong: Any) -> None:
+def test_signature_fails_when_the_mechanism_breaks(op: str, wrong: Any, fla_oracle: Any) -> None:
     with mutate_op(op, wrong), pytest.raises(AssertionError):
-        check_mixer()
+        check_mixer(fla_oracle)
 
 
-def model_oracle(sd: dict[str, torch.Tensor], ids: torch.Tensor, eps: float) -> torch.Tensor:
-    """fla's ``GSAForCausalLM`` logits from its state dict: pre-norm RMSNorm blocks, GSA, SwiGLU MLP."""
-    h = sd["model.embeddings.weight"][ids]
-    for i in range(2):
-        p = f"model.layers.{i}."
-        attn = {k.removeprefix(p + "attn."): v for k, v in sd.items() if k.startswith(p + "attn.")}
-        h = h + gsa_oracle(attn, rms(h, sd[p + "attn_norm.weight"], eps), eps)[0]
-        m = rms(h, sd[p + "mlp_norm.weight"], eps)
-        gate, up, down = (sd[f"{p}mlp.{n}_proj.weight"] for n in ("gate", "up", "down"))
-        h = h + (F.silu(m @ gate.T) * (m @ up.T)) @ down.T
-    return rms(h, sd["model.norm.weight"], eps) @ sd["lm_head.weight"].T
-
-
-def test_converter_from_fla_matches_its_weights() -> None:
+def test_converter_from_fla_matches_its_weights(fla_oracle: Any) -> None:
     fla = fla_model(4)
     model: Any = edifice.convert("fla.models.GSAForCausalLM", fla, chunk_size=4)
     assert model.config.arch == "gsa" and model.config.num_slots == M
     ids = torch.randint(0, 40, (B, T), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
-        want = model_oracle(fla.state_dict(), ids, fla.config.norm_eps)
+        eps = fla.config.norm_eps
+        want = fla_oracle.lm_logits(fla.state_dict(), ids, lambda w, h: gsa_oracle(w, h, eps)[0], 2, eps)
         torch.testing.assert_close(model(input_ids=ids), want, atol=TOL, rtol=TOL)
         again: Any = edifice.convert("fla.models.GSAForCausalLM", (fla.config.to_dict(), fla.state_dict()))
         torch.testing.assert_close(again(input_ids=ids), want, atol=TOL, rtol=TOL)

@@ -40,7 +40,7 @@ def yoco_weights(seed: int) -> dict[str, torch.Tensor]:
 
 
 def interleaved_rope(x: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
-    """YOCO's RoPE of ``x [B, T, H, d]`` at positions 0..T-1: neighbour pairs ``(x_2i, x_2i+1)`` rotated by ``t θ_i``."""
+    """YOCO's RoPE of ``x [B, T, H, d]`` at positions 0..T-1: pairs ``(x_2i, x_2i+1)`` rotated by ``t θ_i``."""
     d = x.shape[-1]
     theta = base ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
     turn = torch.polar(torch.ones(x.shape[1], d // 2, dtype=torch.float64), torch.arange(x.shape[1])[:, None] * theta)

@@ -24,7 +24,7 @@ Deviations: none beyond ``gla``'s. ``head_dim`` sets the key size per head direc
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from torch import nn
 
@@ -48,7 +48,8 @@ class GLAV2(GLA):
         """GLA's init, then ``b_α = forget_gate_init`` in every layer's decay projection."""
         super().reset_parameters()
         for mixer in self.mixers():
-            nn.init.constant_(mixer.gk_proj[1].bias, self.config.forget_gate_init)
+            up = cast(nn.Linear, cast(GatedLinearAttention, mixer).gk_proj[1])  # W_α2 with the bias b_α
+            nn.init.constant_(up.bias, self.config.forget_gate_init)
 
 
 def from_fla(source: Any, **overrides: Any) -> GLAV2:

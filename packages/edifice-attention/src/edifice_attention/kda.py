@@ -27,7 +27,7 @@ fla (a sigmoid-bounded decay for a faster kernel) and grouped value heads are no
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -67,7 +67,8 @@ class KimiDeltaAttention(LinearAttentionMixer):
         self.A_log = nn.Parameter(torch.empty(H))
         self.dt_bias = nn.Parameter(torch.empty(H * K))
         # The output gate is low-rank too: σ(x W_g↓ W_g↑ + b_g) (replaces the family's single W_g).
-        self.g_proj = nn.Sequential(nn.Linear(config.d_model, r, bias=False), nn.Linear(r, H * V, bias=True))
+        low_rank_gate = nn.Sequential(nn.Linear(config.d_model, r, bias=False), nn.Linear(r, H * V, bias=True))
+        self.g_proj = low_rank_gate  # type: ignore[assignment]  # the base's _output only calls it
         self.allow_neg_eigval = config.allow_neg_eigval
         self.reset_decay_parameters()
 
@@ -132,19 +133,21 @@ class KDA(LinearAttentionBackbone):
         """The family's normal init, then each layer's ``A_log`` and ``dt_bias`` (the authors' decay init)."""
         super().reset_parameters()
         for mixer in self.mixers():
-            mixer.reset_decay_parameters()  # type: ignore[attr-defined]
+            cast(KimiDeltaAttention, mixer).reset_decay_parameters()
 
 
 def from_fla(source: Any, **overrides: Any) -> KDA:
     """Convert flash-linear-attention's ``KDAForCausalLM`` (a model or ``(config, state_dict)``) to ``kda``."""
     hf, state_dict = fla_source(source, "KDA")
     H, head_dim, d = fla_get(hf, "num_heads"), fla_get(hf, "head_dim"), fla_get(hf, "hidden_size")
-    for name, ok in (("num_v_heads", lambda v: v in (None, H)), ("lower_bound", lambda v: v is None)):
-        value = fla_get(hf, name)
-        if not ok(value):
-            raise CheckpointError(f"KDA converter: {name}={value!r} is not supported by this model")
-    if bool(fla_get(hf, "safe_gate", False)):
-        raise CheckpointError("KDA converter: safe_gate=True is not supported by this model")
+    refused = {
+        "num_v_heads": fla_get(hf, "num_v_heads") not in (None, H),  # grouped value heads
+        "lower_bound": fla_get(hf, "lower_bound") is not None,  # the sigmoid-bounded gate
+        "safe_gate": bool(fla_get(hf, "safe_gate", False)),
+    }
+    for name, bad in refused.items():
+        if bad:
+            raise CheckpointError(f"KDA converter: {name}={fla_get(hf, name)!r} is not supported by this model")
     expand_v = float(fla_get(hf, "expand_v", 1.0))
     fields = {
         **fla_config_fields(

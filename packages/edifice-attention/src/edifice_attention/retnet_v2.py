@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from edifice.blocks.norms import get_norm
 from edifice.config import ArchConfig
 from edifice.errors import CheckpointError
+from edifice_attention.configs.retnet import RetNetConfig
 from edifice_attention.configs.retnet_v2 import RetNetV2Config
 from edifice_attention.retnet import MultiScaleRetention, RetNet
 
@@ -46,7 +47,9 @@ __all__ = ["GatedRetention", "RetNetV2", "interleaved_to_half", "map_yoco_gated_
 class GatedRetention(MultiScaleRetention):
     """YOCO's gated retention (eqs. 3-7): RetNet's retention whose decay ``γ_t`` is a gate of the input."""
 
-    def __init__(self, config: RetNetV2Config) -> None:
+    def __init__(self, config: RetNetConfig) -> None:
+        if not isinstance(config, RetNetV2Config):
+            raise TypeError(f"GatedRetention needs a RetNetV2Config (retnet_v2), got {type(config).__name__}")
         super().__init__(config)
         self.gk_proj = nn.Linear(config.d_model, config.n_heads, bias=False)  # W_γ, one logit per head
         self.gate_logit_normalizer = config.gate_logit_normalizer

@@ -9,6 +9,7 @@ from typing import ClassVar
 
 from edifice import field
 from edifice_attention.configs._linear_attention import linear_attention_spec
+from edifice_attention.configs.gla import SPECS as GLA_SPECS
 from edifice_attention.configs.gla import YANG, GLAConfig
 
 __all__ = ["SPECS", "GLAV2Config"]
@@ -19,7 +20,9 @@ class GLAV2Config(GLAConfig):
     """GLA v2: GLA with causal short convolutions on q, k, v and the forget-gate bias initialised for long memory."""
 
     arch: str = field("gla_v2", "Registry name of the architecture this config builds.")
-    use_short_conv: bool = field(True, "Causal depthwise convolution + SiLU on q, k and v (the v2 change; fla's option).")
+    use_short_conv: bool = field(
+        True, "Causal depthwise convolution + SiLU on q, k and v (the v2 change; fla's option)."
+    )
     head_dim: int | None = field(None, "Query/key size per head; None: d_model * expand_k / n_heads.")
     forget_gate_init: float = field(
         3.0, "Initial bias b_α of the forget gate α = σ(x W_α1 W_α2 + b_α)^{1/τ} (3: α ≈ 0.997 at τ = 16; GLA: 0)."
@@ -47,15 +50,7 @@ SPECS = (
         "edifice_attention.gla_v2:GLAV2",
         "GLA v2: gated linear attention with short convolutions on q/k/v and a long-memory forget-gate init.",
         YANG,
-        tiny={
-            "d_model": 32,
-            "n_layers": 1,
-            "n_heads": 2,
-            "d_ff": 48,
-            "d_in": 12,
-            "gate_low_rank_dim": 4,
-            "chunk_size": 4,
-        },
+        tiny=dict(GLA_SPECS[0].tiny),  # the same layer sizes as gla
         verification="parity:fla.layers.GatedLinearAttention",
         interop=("fla.models.GLAForCausalLM",),
     ),

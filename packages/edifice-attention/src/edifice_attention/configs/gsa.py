@@ -18,7 +18,7 @@ FEATURE_MAPS = ("silu", "swish", "relu")
 
 @dataclasses.dataclass(kw_only=True)
 class GSAConfig(LinearAttentionConfig):
-    """GSA (Zhang et al. 2024): a gated bounded memory of ``num_slots`` key and value slots per head, read by softmax."""
+    """GSA (Zhang et al. 2024): gated memories of ``num_slots`` key and value slots per head, read by a softmax."""
 
     arch: str = field("gsa", "Registry name of the architecture this config builds.")
     num_slots: int = field(64, "Memory slots m per head: rows of the key and value memories K̃, Ṽ ∈ R^{m×d} (§3).")
