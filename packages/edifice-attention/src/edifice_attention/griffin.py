@@ -344,8 +344,6 @@ class Griffin(SequenceBackbone):
     def reset_parameters(self) -> None:
         """Each block's own init (module doc), the MLPs' LeCun normal, embeddings ``N(0, 1/D)``."""
         super().reset_parameters()
-        if not hasattr(self, "embed_scale"):  # the base class resets before the layers' config is complete
-            return
         final = 2.0 / self.config.n_layers
         for layer in self.layers:
             mlp = cast(GatedFeedForward, cast(TransformerBlock, layer).ffn)
