@@ -97,8 +97,12 @@ class GriffinConfig(SequenceConfig):
         if self.has_attention:
             if self.d_model % self.n_heads:
                 self.fail("n_heads", f"must divide d_model={self.d_model} (the attention's head size)")
-            if self.rotary_dim % 2 or self.rotary_dim > self.head_dim:
-                self.fail("rotary_fraction", f"gives {self.rotary_dim} rotated features; must be even and > 0")
+            if self.rotary_dim <= 0 or self.rotary_dim % 2 or self.rotary_dim > self.head_dim:
+                self.fail(
+                    "rotary_fraction",
+                    f"gives {self.rotary_dim} rotated features of head_dim = d_model / n_heads = {self.head_dim}; "
+                    "must be even, > 0 and <= head_dim",
+                )
         if not self.rope_base > 1:
             self.fail("rope_base", "must be > 1 (RoPE's frequencies base^(-2i/d) must decrease)")
 
