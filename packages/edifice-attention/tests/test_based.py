@@ -60,9 +60,44 @@ def check_mixer() -> None:
     torch.testing.assert_close(torch.cat(pieces, 1), want, atol=TOL, rtol=TOL)
 
 
+def check_block() -> None:
+    """A one-layer model around fla's layer: pre-norm RMSNorm, the layer, SwiGLU, final RMSNorm (written out)."""
+    layer, _ = build_pair()
+    torch.manual_seed(0)
+    model: Any = edifice.build("based", n_layers=1, layer_pattern=("based",), d_ff=24, **TINY).eval()
+    flash_tests.perturb(model, 6)
+    model.layers[0].mixer.load_state_dict(layer.state_dict())
+    sd = {name: p.detach() for name, p in model.named_parameters()}
+    eps = model.config.norm_eps
+    x = torch.randn(B, T, D, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        h = x + layer.forward_reference(flash_tests.rms(x, sd["layers.0.mixer_norm.weight"], eps))
+        m = flash_tests.rms(h, sd["layers.0.ffn_norm.weight"], eps)
+        gate, up, down = (sd[f"layers.0.ffn.{n}_proj.weight"] for n in ("gate", "up", "down"))
+        h = h + (torch.nn.functional.silu(m @ gate.T) * (m @ up.T)) @ down.T
+        want = flash_tests.rms(h, sd["norm.weight"], eps)
+        torch.testing.assert_close(model(x), want, atol=TOL, rtol=TOL)
+
+
 @signature("based")
 def test_based_matches_fla_based_linear_attention() -> None:
     check_mixer()
+    check_block()  # the residual block around it
+    check_window_reach()  # the hybrid's sliding-window layer
+
+
+def check_window_reach() -> None:
+    """One sliding-window layer of window 3: output t sees inputs t-2..t only."""
+    torch.manual_seed(0)
+    model: Any = edifice.build("based", n_layers=1, layer_pattern=("swa",), window_size=3, d_in=4, **TINY).eval()
+    x = torch.randn(1, 9, 4, generator=torch.Generator().manual_seed(2))
+    changed = x.clone()
+    changed[:, 5] += 1.0
+    with torch.no_grad():
+        a, b = model(x), model(changed)
+    assert torch.equal(a[:, :5], b[:, :5]) and torch.equal(a[:, 8], b[:, 8])  # causal; key 5 is out of 6..8
+    assert not torch.allclose(a[:, 7], b[:, 7])  # keys 5..7
 
 
 def test_signature_fails_when_the_diagonal_is_lost() -> None:
@@ -125,18 +160,6 @@ def test_hybrid_steps_like_forward_and_pads_exactly() -> None:
         padded = torch.cat([torch.randn(B, 3, 6), x], 1)
         mask = torch.tensor([[False] * 3 + [True] * 13] * B)
         torch.testing.assert_close(model(padded, attention_mask=mask)[:, 3:], want, atol=TOL, rtol=TOL)
-
-
-def test_sliding_window_reach() -> None:
-    """One sliding-window layer of window 3: output t sees inputs t-2..t only."""
-    torch.manual_seed(0)
-    model: Any = edifice.build("based", n_layers=1, layer_pattern=("swa",), window_size=3, d_in=4, **TINY).eval()
-    x = torch.randn(1, 9, 4, generator=torch.Generator().manual_seed(2))
-    changed = x.clone()
-    changed[:, 5] += 1.0
-    with torch.no_grad():
-        a, b = model(x), model(changed)
-    assert torch.equal(a[:, 8], b[:, 8]) and not torch.allclose(a[:, 7], b[:, 7])  # keys 6..8 vs 5..7
 
 
 def test_config_is_validated() -> None:
