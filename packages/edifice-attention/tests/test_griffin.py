@@ -30,7 +30,7 @@ RecurrentGemmaConfig = transformers.RecurrentGemmaConfig
 RecurrentGemmaForCausalLM = transformers.RecurrentGemmaForCausalLM
 
 TOL = 1e-5
-VOCAB, B, T = 40, 2, 13
+VOCAB, B, T = 40, 2, 37  # T > the scan's chunk of 32 and > the window of 5
 GRIFFIN = ["recurrent", "recurrent", "attention"]
 
 
