@@ -45,7 +45,6 @@ from edifice import ops
 from edifice.blocks.kv_cache import DynamicKVCache, KVCache, StaticKVCache
 from edifice.blocks.norms import get_norm
 from edifice.blocks.rope import RopeScaling, RotaryEmbedding, apply_rotary
-from edifice.blocks.transformer import TransformerBlock
 from edifice.config import ArchConfig
 from edifice.errors import CheckpointError, ConfigError
 from edifice_attention.configs.mla import MLAConfig
@@ -203,16 +202,15 @@ class MLA(DecoderOnly):
     config_class: ClassVar[type[ArchConfig]] = MLAConfig
     config: MLAConfig
 
-    def build_layer(self, index: int) -> nn.Module:
-        """A pre-norm block: MLA, then the dense SwiGLU (or Mixtral-style MoE) FFN of decoder_only."""
+    def build_mixer(self, index: int) -> nn.Module:
+        """Layer ``index``'s mixer: multi-head latent attention (decoder_only supplies the block and FFN)."""
         c = self.config
         scaling = RopeScaling.parse(c.rope_scaling)
         scale = c.qk_head_dim**-0.5
         if scaling.kind == "yarn" and scaling.mscale_all_dim and scaling.factor > 1:
             # DeepSeek's YaRN: the softmax scale grows by mscale(s, mscale_all_dim)^2 (released code).
             scale *= (0.1 * scaling.mscale_all_dim * math.log(scaling.factor) + 1.0) ** 2
-        rope = RotaryEmbedding(c.qk_rope_head_dim, base=c.rope_base, scaling=c.rope_scaling)
-        mixer = MultiHeadLatentAttention(
+        return MultiHeadLatentAttention(
             c.d_model,
             c.n_heads,
             kv_lora_rank=c.kv_lora_rank,
@@ -220,21 +218,12 @@ class MLA(DecoderOnly):
             qk_rope_head_dim=c.qk_rope_head_dim,
             v_head_dim=c.v_head_dim,
             q_lora_rank=c.q_lora_rank,
-            rope=rope,
+            rope=self.build_rope(c.qk_rope_head_dim),
             bias=c.attention_bias,
             norm_eps=c.norm_eps,
             scale=scale,
             dropout=c.attention_dropout,
             absorb=c.absorb,
-        )
-        return TransformerBlock(
-            c.d_model,
-            mixer,
-            self._build_ffn(),
-            norm=c.norm,
-            norm_eps=c.norm_eps,
-            norm_position=c.norm_position,
-            dropout=c.dropout,
         )
 
     def cache_bytes_per_token(self, dtype: torch.dtype | None = None) -> int:

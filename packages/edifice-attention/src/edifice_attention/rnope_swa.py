@@ -84,14 +84,18 @@ class RNoPESWA(DecoderOnly):
         name = "layernorm_nobias" if c.norm == "layernorm" and not c.norm_bias else c.norm
         return get_norm(name, c.d_model, eps=c.norm_eps)
 
+    def build_mixer(self, index: int) -> nn.Module:
+        """decoder_only's attention; a global layer has neither RoPE (NoPE) nor a window (full causal attention)."""
+        kwargs = self.attention_kwargs()
+        if self.config.is_global(index):
+            kwargs.update(rope=None, window=None)
+        return Attention(**kwargs)
+
     def build_layer(self, index: int) -> nn.Module:
-        """decoder_only's block; a global layer drops RoPE and the window, a parallel block shares one norm."""
+        """decoder_only's block with this entry's norms, or a parallel block sharing one norm."""
         c = self.config
         layer = super().build_layer(index)
-        assert isinstance(layer, TransformerBlock) and isinstance(layer.mixer, Attention) and layer.ffn is not None
-        if c.is_global(index):
-            layer.mixer.rope = None  # NoPE: no position information at all
-            layer.mixer.window = None  # full causal attention
+        assert isinstance(layer, TransformerBlock) and layer.ffn is not None
         if c.parallel_block:
             return ParallelBlock(c.d_model, layer.mixer, layer.ffn, norm=self._norm(), dropout=c.dropout)
         layer.mixer_norm, layer.ffn_norm = self._norm(), self._norm()

@@ -24,7 +24,6 @@ import dataclasses
 from typing import Any, ClassVar
 
 import torch
-from torch import nn
 
 import edifice
 from edifice.blocks.rope import RotaryEmbedding
@@ -43,14 +42,11 @@ class Yarn(DecoderOnly):
     config_class: ClassVar[type[ArchConfig]] = YarnConfig
     config: YarnConfig
 
-    def build_layer(self, index: int) -> nn.Module:
-        """decoder_only's block, its rotary embedding replaced by the YaRN-scaled one of the config's fields."""
+    def build_rope(self, head_dim: int | None = None) -> RotaryEmbedding | None:
+        """decoder_only's rotary embedding, scaled by YaRN from the config's explicit fields."""
         c = self.config
-        layer = super().build_layer(index)
-        layer.mixer.rope = RotaryEmbedding(  # type: ignore[union-attr]
-            c.head_size, rotary_dim=c.rotary_dim, base=c.rope_base, scaling=c.yarn_scaling()
-        )
-        return layer
+        head_dim = c.head_size if head_dim is None else head_dim
+        return RotaryEmbedding(head_dim, rotary_dim=c.rotary_dim, base=c.rope_base, scaling=c.yarn_scaling())
 
 
 def yarn_config(hf: Any, **overrides: Any) -> YarnConfig:
