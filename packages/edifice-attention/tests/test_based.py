@@ -125,18 +125,8 @@ def test_chunked_parallel_and_recurrent_forms_agree(length: int) -> None:
     """The Based mixer's three op forms from a non-zero state (chunks of 8 and 5: odd T)."""
     torch.manual_seed(0)
     model: Any = edifice.build("based", n_layers=1, layer_pattern=("based",), **TINY)
-    mixer = model.layers[0].mixer.double()
-    gen = torch.Generator().manual_seed(5)
-    x = torch.randn(B, length, D, generator=gen, dtype=torch.float64)
-    start = mixer.init_state(B, dtype=torch.float64)
-    start.recurrent = start.recurrent.double()
-    with torch.no_grad():
-        mixer(torch.randn(B, 7, D, generator=gen, dtype=torch.float64), state=start)
     forms = {"parallel": linear_attention_parallel, "recurrent": linear_attention_recurrent}
-    results = flash_tests.run_forms(mixer, x, start, "linear_attention", forms)
-    for other in results[1:]:
-        for got, want in zip(other, results[0], strict=True):
-            torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-9)
+    flash_tests.forms_agree(model.layers[0].mixer, length, "linear_attention", forms, 1e-9, 1e-9)
 
 
 def test_hybrid_steps_like_forward_and_pads_exactly() -> None:

@@ -154,23 +154,29 @@ def run_forms(mixer: Any, x: torch.Tensor, start: Any, op: str, forms: dict[str,
     return results
 
 
-@pytest.mark.parametrize("length", [1, 63, 130])
-def test_chunked_parallel_and_recurrent_forms_agree(length: int) -> None:
-    """Outputs, input gradients and final state of the three forms from a non-zero state (chunk 8 or 5: odd T)."""
-    torch.manual_seed(0)
-    model: Any = edifice.build("flash_linear_attention", d_model=D, n_layers=1, n_heads=H, feature_map="hedgehog")
-    mixer = model.layers[0].mixer.double()
+def forms_agree(mixer: Any, length: int, op: str, forms: dict[str, Any], tol: float, grad_tol: float) -> None:
+    """The forms of ``op`` inside an fp64 ``mixer`` (d_model = D) agree at ``length`` from a non-zero state."""
+    mixer = mixer.double()
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(B, length, D, generator=gen, dtype=torch.float64)
     start = mixer.init_state(B, dtype=torch.float64)
     start.recurrent = start.recurrent.double()
     with torch.no_grad():
         mixer(torch.randn(B, 7, D, generator=gen, dtype=torch.float64), state=start)  # a non-zero initial state
-    assert start.recurrent.abs().sum() > 0
-    results = run_forms(mixer, x, start, "linear_attention", FORMS)
+    assert start.recurrent.abs().amin(-1).sum() > 0
+    results = run_forms(mixer, x, start, op, forms)
     for other in results[1:]:
-        for got, want in zip(other, results[0], strict=True):
-            torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-9)
+        for what, got, want in zip(("output", "state", "stateless output", "gradient"), other, results[0], strict=True):
+            t = grad_tol if what == "gradient" else tol
+            torch.testing.assert_close(got, want, atol=t, rtol=t, msg=lambda m, what=what: f"{what}: {m}")
+
+
+@pytest.mark.parametrize("length", [1, 63, 130])
+def test_chunked_parallel_and_recurrent_forms_agree(length: int) -> None:
+    """Outputs, input gradients and final state of the three forms from a non-zero state (chunk 8 or 5: odd T)."""
+    torch.manual_seed(0)
+    model: Any = edifice.build("flash_linear_attention", d_model=D, n_layers=1, n_heads=H, feature_map="hedgehog")
+    forms_agree(model.layers[0].mixer, length, "linear_attention", FORMS, 1e-9, 1e-9)
 
 
 # -- converter from fla's LinearAttentionForCausalLM ---------------------------------------------------------------

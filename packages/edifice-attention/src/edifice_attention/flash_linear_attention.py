@@ -35,11 +35,15 @@ import torch
 from torch import Tensor, nn
 
 from edifice.config import ArchConfig
-from edifice.errors import CheckpointError
-from edifice_attention._linear_attention import fla_config_fields, fla_get, fla_source, load_fla, map_fla_state_dict
-from edifice_attention.configs.flash_linear_attention import FlashLinearAttentionConfig
+from edifice_attention._linear_attention import fla_get, load_fla
+from edifice_attention.configs.flash_linear_attention import LEARNED_FEATURE_MAPS, FlashLinearAttentionConfig
 from edifice_attention.configs.linear_transformer import LinearTransformerConfig
-from edifice_attention.linear_transformer import EluPlusOne, LinearTransformer, NormalizedLinearAttention
+from edifice_attention.linear_transformer import (
+    EluPlusOne,
+    LinearTransformer,
+    NormalizedLinearAttention,
+    fla_linear_attention_parts,
+)
 
 __all__ = [
     "DPFPFeatureMap",
@@ -52,8 +56,18 @@ __all__ = [
     "from_fla",
 ]
 
-#: fla's config names of the maps whose names here differ.
-_FLA_NAMES = {"elu": "elu_plus_one"}
+#: fla's feature-map names and this entry's.
+_FLA_NAMES = {
+    "elementwise_product": "elementwise_product",
+    "hedgehog": "hedgehog",
+    "t2r": "t2r",
+    "dpfp": "dpfp",
+    "elu": "elu_plus_one",
+    "relu": "relu",
+    "identity": "identity",
+}
+#: ν of fla's ``DPFPFeatureMap`` (its layer does not pass one).
+_FLA_DPFP_NU = 4
 
 
 class HadamardFeatureMap(nn.Module):
@@ -175,37 +189,16 @@ class FlashLinearAttention(LinearTransformer):
 
 
 def from_fla(source: Any, **overrides: Any) -> FlashLinearAttention:
-    """Convert fla's ``LinearAttentionForCausalLM`` (a model or ``(config, state_dict)``), any feature map.
+    """Convert fla's ``LinearAttentionForCausalLM`` (a model or ``(config, state_dict)``), any of its feature maps.
 
-    fla's normaliser divides by ``scale·φ(q)ᵀz + 1e-10`` with ``scale = d_φ^-1/2``: ours with ``eps = 1e-10·sqrt(d_φ)``.
+    The shared mapping is :func:`edifice_attention.linear_transformer.fla_linear_attention_parts` (the normaliser's
+    eps there uses the feature width ``d_φ``); this adds fla's tied maps and DPFP's ``ν = 4``.
     """
-    hf, state_dict = fla_source(source, "LinearAttention")
-    name = fla_get(hf, "feature_map", "elementwise_product")
-    name = _FLA_NAMES.get(name, name)
-    for flag in ("norm_q", "norm_k"):
-        if fla_get(hf, flag, False):
-            raise CheckpointError(f"LinearAttention converter: {flag}=True is not supported by this model")
-    fields = fla_config_fields(hf, "LinearAttention")
-    head_k_dim = round(fields["d_model"] * fields["expand_k"]) // fields["n_heads"]
-    nu = 4  # fla's DPFPFeatureMap default
-    try:
-        width = feature_map(name, head_k_dim, nu=nu)[1]
-    except ValueError:
-        raise CheckpointError(f"LinearAttention converter: feature_map={name!r} is not supported") from None
-    fields |= {
-        "feature_map": name,
-        "tie_feature_map_qk": bool(fla_get(hf, "tie_feature_map_qk", False))
-        and name in ("elementwise_product", "hedgehog", "t2r"),
-        "dpfp_nu": nu,
-        "normalize": bool(fla_get(hf, "norm_feature_map", False)),
-        "normalizer_eps": 1e-10 * width**0.5,
-        "use_output_gate": False,
-        "output_norm": "rmsnorm",
-        "norm_position": "pre",
-    }
+    hf, fields, weights = fla_linear_attention_parts(
+        source, _FLA_NAMES, lambda name, d_k: feature_map(name, d_k, nu=_FLA_DPFP_NU)[1]
+    )
+    tied = bool(fla_get(hf, "tie_feature_map_qk", False)) and fields["feature_map"] in LEARNED_FEATURE_MAPS
+    fields |= {"tie_feature_map_qk": tied, "dpfp_nu": _FLA_DPFP_NU}
     config = FlashLinearAttentionConfig(**{**fields, **overrides})
-    weights = {
-        key.replace(".mixer.norm.", ".mixer.o_norm."): value for key, value in map_fla_state_dict(state_dict).items()
-    }
     model: FlashLinearAttention = load_fla(FlashLinearAttention, config, weights)
     return model
