@@ -97,9 +97,89 @@ def _decode_matches(model: Any, inputs: torch.Tensor, *, prefill: int = 3, atol:
     return float((got - want).abs().max())
 
 
+def _heads64(mixer: Any, x: torch.Tensor, *, base: float = 10000.0) -> tuple[torch.Tensor, ...]:
+    """fp64 ``q [B, Hq, T, D]``, ``k``, ``v [B, Hk, T, D]`` of an attention mixer without qk-norm, RoPE applied."""
+    w = {n: p.detach().double() for n, p in mixer.named_parameters()}
+    B, T, _ = x.shape
+    pos = torch.arange(T)
+
+    def split(name: str, n: int) -> torch.Tensor:
+        out = x.double() @ w[f"{name}.weight"].T + w.get(f"{name}.bias", 0.0)
+        return out.view(B, T, n, -1).transpose(1, 2)
+
+    q, k, v = split("q_proj", mixer.n_heads), split("k_proj", mixer.n_kv_heads), split("v_proj", mixer.n_kv_heads)
+    if mixer.rope is not None:
+        q, k = _rope64(q, pos, base), _rope64(k, pos, base)
+    return q, k, v
+
+
+def _merge64(mixer: Any, heads: torch.Tensor) -> torch.Tensor:
+    """``o_proj`` of fp64 heads ``[B, H, T, Dv]`` -> ``[B, T, d_model]``."""
+    B, H, T, Dv = heads.shape
+    out = heads.transpose(1, 2).reshape(B, T, H * Dv) @ mixer.o_proj.weight.detach().double().T
+    return out if mixer.o_proj.bias is None else out + mixer.o_proj.bias.detach().double()
+
+
+def _mixer_matches(mixer: Any, x: torch.Tensor, want: torch.Tensor, *, atol: float = 1e-5, prefill: int = 4) -> None:
+    """The mixer on ``x`` equals ``want``, whole and as a prefill plus single steps through a static cache."""
+    B, T, _ = x.shape
+    want = want.to(x.dtype)
+    with torch.no_grad():
+        torch.testing.assert_close(mixer(x), want, atol=atol, rtol=atol)
+        state = mixer.init_state(B, max_len=T)
+        pieces = [mixer(x[:, :prefill], positions=torch.arange(prefill), state=state)]
+        pieces += [mixer(x[:, t : t + 1], positions=torch.tensor([t]), state=state) for t in range(prefill, T)]
+    torch.testing.assert_close(torch.cat(pieces, 1), want, atol=atol, rtol=atol)
+
+
 @pytest.fixture
 def variant_helpers() -> Any:
-    """fp64 RoPE (``rope``), causal scores (``causal_scores``) and the step-vs-forward check (``decode_matches``)."""
+    """fp64 oracle pieces (``rope``, ``causal_scores``, ``heads``, ``merge``) and the stepping checks
+    (``mixer_matches``, ``decode_matches``) of the softmax-attention variants' tests."""
     from types import SimpleNamespace
 
-    return SimpleNamespace(rope=_rope64, causal_scores=_causal_scores, decode_matches=_decode_matches)
+    return SimpleNamespace(
+        rope=_rope64,
+        causal_scores=_causal_scores,
+        heads=_heads64,
+        merge=_merge64,
+        mixer_matches=_mixer_matches,
+        decode_matches=_decode_matches,
+    )
+
+
+def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps) * weight
+
+
+def _fla_lm_logits(
+    sd: dict[str, torch.Tensor], ids: torch.Tensor, mixer: Any, n_layers: int, eps: float
+) -> torch.Tensor:
+    """An fla ``*ForCausalLM``'s logits from its state dict: embeddings, pre-norm RMSNorm blocks of ``mixer(weights,
+    h)`` (the layer's ``attn.*`` weights without prefix) and a SwiGLU MLP, final RMSNorm, LM head."""
+    h = sd["model.embeddings.weight"][ids]
+    for i in range(n_layers):
+        p = f"model.layers.{i}."
+        attn = {k.removeprefix(p + "attn."): v for k, v in sd.items() if k.startswith(p + "attn.")}
+        h = h + mixer(attn, _rms(h, sd[p + "attn_norm.weight"], eps))
+        m = _rms(h, sd[p + "mlp_norm.weight"], eps)
+        gate, up, down = (sd[f"{p}mlp.{n}_proj.weight"] for n in ("gate", "up", "down"))
+        h = h + (torch.nn.functional.silu(m @ gate.T) * (m @ up.T)) @ down.T
+    return _rms(h, sd["model.norm.weight"], eps) @ sd["lm_head.weight"].T
+
+
+def _load_fla_layer(mixer: torch.nn.Module, weights: dict[str, torch.Tensor], *, strict: bool = True) -> None:
+    """Load one fla layer's ``attn.*`` weights into our mixer through the family converter's key map."""
+    from edifice_attention._linear_attention import map_fla_state_dict
+
+    mapped = map_fla_state_dict({f"model.layers.0.attn.{k}": v for k, v in weights.items()})
+    mixer.load_state_dict({k.removeprefix("layers.0.mixer."): v for k, v in mapped.items()}, strict=strict)
+
+
+@pytest.fixture
+def fla_oracle() -> Any:
+    """Pieces of the flash-linear-attention oracles: ``rms``, ``lm_logits`` (a whole ``*ForCausalLM``) and
+    ``load_layer`` (an fla layer's weights into our mixer via the converter's key map)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(rms=_rms, lm_logits=_fla_lm_logits, load_layer=_load_fla_layer)

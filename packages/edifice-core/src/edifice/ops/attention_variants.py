@@ -20,7 +20,7 @@ normalisation or value transform is not a softmax over ``q k^T``::
   = c_i - c_j`` with ``c`` the cumulative log forget gates (Lin et al. 2025, arXiv:2503.02130, eq. 5-6), one per query
   head. They are given separately for queries and keys so that a decode step against a cache passes the running sum.
 * ``exp_values=True``: LASER (Duvvuri & Dhillon 2025, "LASER: Attention with Exponential Transformation",
-  arXiv:2502.04755, eq. 4-5): attention of ``exp(V)`` followed by ``log``, with the log-sum-exp shift ``m`` the maximum
+  arXiv:2411.03493, eq. 4-5): attention of ``exp(V)`` followed by ``log``, with the log-sum-exp shift ``m`` the maximum
   of each value channel over the keys any query of the call may attend (it cancels exactly; the paper's trick).
 
 Masking follows :func:`edifice.ops.sdpa` (absolute positions, ``causal``, ``window``, bool or additive ``attn_mask``,
