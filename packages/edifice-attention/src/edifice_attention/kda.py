@@ -111,9 +111,10 @@ class KimiDeltaAttention(LinearAttentionMixer):
         k32 = k.float()
         b = beta * k32  # (B, T, H, K)
         a = -log_alpha.exp() * k32
-        return ops.generalized_delta_rule(
+        o, final = ops.generalized_delta_rule(
             q, b, v, a, b, log_alpha, scale=self.scale, initial_state=initial, chunk_size=self.chunk_size
         )
+        return o.to(v.dtype), final  # the op's one-position form returns fp32 for low-precision inputs
 
 
 def _l2_normalize(x: Tensor) -> Tensor:
