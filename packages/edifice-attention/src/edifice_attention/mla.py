@@ -33,7 +33,6 @@ DeepSeek's ``mscale_all_dim`` multiplies the softmax scale by ``mscale²`` as th
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -47,6 +46,7 @@ from edifice.blocks.norms import get_norm
 from edifice.blocks.rope import RopeScaling, RotaryEmbedding, apply_rotary
 from edifice.config import ArchConfig
 from edifice.errors import CheckpointError, ConfigError
+from edifice_attention._hf_convert import deinterleave_rows, load_converted, rename_state_dict
 from edifice_attention.configs.mla import MLAConfig
 from edifice_attention.convert import _get, _rope_fields, _unpack
 from edifice_attention.decoder_only import DecoderOnly
@@ -235,7 +235,6 @@ class MLA(DecoderOnly):
 
 
 # -- converter from transformers' DeepSeek-V3 ---------------------------------------------------------------------
-_ROOT = re.compile(r"(?:^|\.)(embed_tokens\..+|layers\.\d+\..+|norm\.weight|lm_head\..+)$")
 _LAYER_KEYS = {
     "self_attn.q_proj": "mixer.q_proj",
     "self_attn.q_a_proj": "mixer.q_a_proj",
@@ -251,7 +250,6 @@ _LAYER_KEYS = {
     "mlp.up_proj": "ffn.up_proj",
     "mlp.down_proj": "ffn.down_proj",
 }
-_IGNORED = re.compile(r"rotary_emb\.inv_freq$|\.original_inv_freq$")
 
 
 def mla_config(hf: Any, **overrides: Any) -> MLAConfig:
@@ -291,47 +289,20 @@ def mla_config(hf: Any, **overrides: Any) -> MLAConfig:
     return edifice.config("mla", **{**fields, **overrides})  # type: ignore[return-value]
 
 
-def _deinterleave(rows: Tensor, start: int, width: int, period: int) -> Tensor:
-    """Reorder rows ``[start, start + width)`` of every ``period``-row block from interleaved to rotate-half pairs."""
-    perm = torch.cat([torch.arange(0, width, 2), torch.arange(1, width, 2)]) + start
-    blocks = rows.view(-1, period, *rows.shape[1:]).clone()
-    blocks[:, start : start + width] = blocks[:, perm]
-    return blocks.view(rows.shape)
-
-
 def map_deepseek_state_dict(
     state_dict: Mapping[str, Tensor], config: MLAConfig, *, rope_interleave: bool = True
 ) -> dict[str, Tensor]:
     """Rename a DeepSeek-V3 state dict to :class:`MLA`'s keys; interleaved RoPE rows become rotate-half ones."""
-    out: dict[str, Tensor] = {}
-    unknown = []
     qk, rope, rank = config.qk_head_dim, config.qk_rope_head_dim, config.kv_lora_rank
-    for key, tensor in state_dict.items():
-        if _IGNORED.search(key):
-            continue
-        match = _ROOT.search(key)
-        if match is None:
-            unknown.append(key)
-            continue
-        name, value = match.group(1), tensor.detach().clone()
-        if name.startswith("layers."):
-            _, index, rest = name.split(".", 2)
-            module, _, leaf = rest.rpartition(".")
-            target = _LAYER_KEYS.get(module)
-            if target is None:
-                unknown.append(key)
-                continue
-            if rope_interleave and module in ("self_attn.q_proj", "self_attn.q_b_proj"):
-                value = _deinterleave(value, config.qk_nope_head_dim, rope, qk)  # q^R rows of every head
-            elif rope_interleave and module == "self_attn.kv_a_proj_with_mqa":
-                value = _deinterleave(value, rank, rope, rank + rope)  # the k^R rows after c_KV's
-            name = f"layers.{index}.{target}.{leaf}"
-        out[name] = value
-    if unknown:
-        raise CheckpointError(f"DeepSeek converter: unexpected keys in the state dict: {', '.join(sorted(unknown))}")
-    if config.tie_embeddings and "embed_tokens.weight" in out:
-        out["lm_head.weight"] = out["embed_tokens.weight"]
-    return out
+
+    def transform(module: str, value: Tensor) -> Tensor:
+        if rope_interleave and module in ("self_attn.q_proj", "self_attn.q_b_proj"):
+            return deinterleave_rows(value, config.qk_nope_head_dim, rope, qk)  # q^R rows of every head
+        if rope_interleave and module == "self_attn.kv_a_proj_with_mqa":
+            return deinterleave_rows(value, rank, rope, rank + rope)  # the k^R rows after c_KV's
+        return value
+
+    return rename_state_dict(state_dict, _LAYER_KEYS, config, who="DeepSeek", transform=transform)
 
 
 def from_deepseek_v3(source: Any, **overrides: Any) -> MLA:
@@ -343,11 +314,4 @@ def from_deepseek_v3(source: Any, **overrides: Any) -> MLA:
     config = mla_config(hf_config, **overrides)
     interleave = _get(hf_config, "rope_interleave", True)
     weights = map_deepseek_state_dict(state_dict, config, rope_interleave=bool(interleave))
-    with torch.device("meta"):
-        model = MLA(config)
-    try:
-        model.load_state_dict(weights, strict=True, assign=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"DeepSeek converter: the mapped weights do not fit mla: {exc}") from None
-    model.tie_weights()
-    return model
+    return load_converted(MLA, config, weights, who="DeepSeek")

@@ -23,7 +23,6 @@ training, not architecture. Llama 4's chunked local attention and query-temperat
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -37,8 +36,9 @@ from edifice.blocks.kv_cache import SlidingWindowKVCache
 from edifice.blocks.norms import get_norm
 from edifice.blocks.transformer import TransformerBlock
 from edifice.config import ArchConfig
-from edifice.errors import CheckpointError, ConfigError
+from edifice.errors import ConfigError
 from edifice.initialization import reset_submodules
+from edifice_attention._hf_convert import deinterleave_rows, load_converted, rename_state_dict
 from edifice_attention.configs.rnope_swa import RNoPESWAConfig
 from edifice_attention.convert import _get, _rope_fields, _unpack
 from edifice_attention.decoder_only import DecoderOnly
@@ -134,13 +134,11 @@ class RNoPESWA(DecoderOnly):
 
 
 # -- converter from transformers' Cohere2 -------------------------------------------------------------------------
-_ROOT = re.compile(r"(?:^|\.)(embed_tokens\..+|layers\.\d+\..+|norm\.weight|lm_head\..+)$")
 _LAYER_KEYS = {
     **{f"self_attn.{p}": f"mixer.{p}" for p in ("q_proj", "k_proj", "v_proj", "o_proj")},
     **{f"mlp.{p}": f"ffn.{p}" for p in ("gate_proj", "up_proj", "down_proj")},
     "input_layernorm": "mixer_norm",
 }
-_IGNORED = re.compile(r"rotary_emb\.inv_freq$|\.original_inv_freq$")
 
 
 def _global_every(layer_types: list[str]) -> int:
@@ -183,40 +181,14 @@ def cohere2_config(hf: Any, **overrides: Any) -> RNoPESWAConfig:
     return edifice.config("rnope_swa", **{**fields, **overrides})  # type: ignore[return-value]
 
 
-def _deinterleave_heads(value: Tensor, head_dim: int) -> Tensor:
-    """Reorder each head's rows (weight or bias) from Cohere's interleaved RoPE pairs to the rotate-half layout."""
-    perm = torch.cat([torch.arange(0, head_dim, 2), torch.arange(1, head_dim, 2)])
-    return value.reshape(-1, head_dim, *value.shape[1:])[:, perm].reshape(value.shape)
-
-
 def map_cohere2_state_dict(state_dict: Mapping[str, Tensor], config: RNoPESWAConfig) -> dict[str, Tensor]:
     """Rename a Cohere2 state dict to :class:`RNoPESWA`'s keys, permuting q/k rows to the rotate-half layout."""
-    out: dict[str, Tensor] = {}
-    unknown = []
-    for key, tensor in state_dict.items():
-        if _IGNORED.search(key):
-            continue
-        match = _ROOT.search(key)
-        if match is None:
-            unknown.append(key)
-            continue
-        name, value = match.group(1), tensor.detach().clone()
-        if name.startswith("layers."):
-            _, index, rest = name.split(".", 2)
-            module, _, leaf = rest.rpartition(".")
-            target = _LAYER_KEYS.get(module)
-            if target is None:
-                unknown.append(key)
-                continue
-            if module in ("self_attn.q_proj", "self_attn.k_proj"):
-                value = _deinterleave_heads(value, config.head_size)
-            name = f"layers.{index}.{target}.{leaf}"
-        out[name] = value
-    if unknown:
-        raise CheckpointError(f"Cohere2 converter: unexpected keys in the state dict: {', '.join(sorted(unknown))}")
-    if config.tie_embeddings and "embed_tokens.weight" in out:
-        out["lm_head.weight"] = out["embed_tokens.weight"]
-    return out
+    d = config.head_size
+
+    def transform(module: str, value: Tensor) -> Tensor:
+        return deinterleave_rows(value, 0, d, d) if module in ("self_attn.q_proj", "self_attn.k_proj") else value
+
+    return rename_state_dict(state_dict, _LAYER_KEYS, config, who="Cohere2", transform=transform)
 
 
 def from_cohere2(source: Any, **overrides: Any) -> RNoPESWA:
@@ -224,11 +196,4 @@ def from_cohere2(source: Any, **overrides: Any) -> RNoPESWA:
     hf_config, state_dict = _unpack(source)
     config = cohere2_config(hf_config, **overrides)
     weights = map_cohere2_state_dict(state_dict, config)
-    with torch.device("meta"):
-        model = RNoPESWA(config)
-    try:
-        model.load_state_dict(weights, strict=True, assign=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"Cohere2 converter: the mapped weights do not fit rnope_swa: {exc}") from None
-    model.tie_weights()
-    return model
+    return load_converted(RNoPESWA, config, weights, who="Cohere2")

@@ -44,6 +44,7 @@ from edifice.blocks.rope import RotaryEmbedding
 from edifice.config import ArchConfig
 from edifice.errors import CheckpointError, InputError
 from edifice.outputs import model_output
+from edifice_attention._hf_convert import load_converted
 from edifice_attention.configs.tmrope import TMRoPEConfig
 from edifice_attention.convert import _get, _unpack, llama_config, map_llama_state_dict
 from edifice_attention.decoder_only import DecoderOnly
@@ -283,14 +284,7 @@ def from_qwen2_vl_text(source: Any, **overrides: Any) -> TMRoPE:
     config = edifice.config("tmrope", **{**fields, **overrides})
     state = {k: v for k, v in state_dict.items() if not k.startswith(("visual.", "model.visual."))}
     weights = map_llama_state_dict(state, config)  # type: ignore[arg-type]
-    with torch.device("meta"):
-        model = TMRoPE(config)  # type: ignore[arg-type]
-    try:
-        model.load_state_dict(weights, strict=True, assign=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"Qwen2-VL converter: the mapped weights do not fit tmrope: {exc}") from None
-    model.tie_weights()
-    return model
+    return load_converted(TMRoPE, config, weights, who="Qwen2-VL")  # type: ignore[arg-type]
 
 
 def _as_dict(config: Any) -> dict[str, Any]:

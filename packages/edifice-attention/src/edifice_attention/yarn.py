@@ -23,12 +23,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
-import torch
-
 import edifice
 from edifice.blocks.rope import RotaryEmbedding
 from edifice.config import ArchConfig
-from edifice.errors import CheckpointError, ConfigError
+from edifice.errors import ConfigError
+from edifice_attention._hf_convert import load_converted
 from edifice_attention.configs.yarn import YarnConfig
 from edifice_attention.convert import _unpack, llama_config, map_llama_state_dict
 from edifice_attention.decoder_only import DecoderOnly
@@ -72,12 +71,4 @@ def from_llama_yarn(source: Any, **overrides: Any) -> Yarn:
     """Convert a transformers Llama-family model with YaRN RoPE (or ``(config, state_dict)``) to ``yarn``."""
     hf_config, state_dict = _unpack(source)
     config = yarn_config(hf_config, **overrides)
-    weights = map_llama_state_dict(state_dict, config)
-    with torch.device("meta"):
-        model = Yarn(config)
-    try:
-        model.load_state_dict(weights, strict=True, assign=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"YaRN converter: the mapped weights do not fit yarn: {exc}") from None
-    model.tie_weights()
-    return model
+    return load_converted(Yarn, config, map_llama_state_dict(state_dict, config), who="YaRN")

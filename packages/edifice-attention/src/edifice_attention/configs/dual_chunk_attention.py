@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from edifice import ArchSpec, Paper, field
-from edifice.sequence import sequence_inputs, sequence_outputs
+from edifice import Paper, field
+from edifice_attention.configs._decoder_entry import decoder_entry_spec
 from edifice_attention.configs.decoder_only import DecoderOnlyConfig
 
 __all__ = ["SPECS", "DualChunkAttentionConfig"]
@@ -47,10 +47,8 @@ class DualChunkAttentionConfig(DecoderOnlyConfig):
 
 
 SPECS = (
-    ArchSpec(
-        name="dual_chunk_attention",
-        family="attention",
-        distribution="edifice-attention",
+    decoder_entry_spec(
+        "dual_chunk_attention",
         summary="Dual chunk attention (ChunkLlama, Qwen2.5-1M): intra/successive/inter-chunk RoPE position remapping.",
         paper=AN,
         config="edifice_attention.configs.dual_chunk_attention:DualChunkAttentionConfig",
@@ -65,11 +63,6 @@ SPECS = (
             "chunk_size": 4,
             "local_window": 2,
         },
-        inputs=sequence_inputs(),
-        outputs=sequence_outputs(aux_loss_when="n_experts > 0"),
-        causal=True,
-        stateful=True,
-        variable_length=True,
         verification="oracle:An et al. 2024 §3 (intra/successive/inter-chunk position indices), fp64",
         interop=("transformers.LlamaForCausalLM",),
     ),

@@ -11,8 +11,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import ClassVar
 
-from edifice import ArchSpec, Converter, Paper, field
-from edifice.sequence import sequence_inputs, sequence_outputs
+from edifice import Converter, Paper, field
+from edifice_attention.configs._decoder_entry import decoder_entry_spec
 from edifice_attention.configs.decoder_only import DecoderOnlyConfig
 
 __all__ = ["CONVERTERS", "SPECS", "MLAConfig"]
@@ -69,10 +69,8 @@ class MLAConfig(DecoderOnlyConfig):
 
 
 SPECS = (
-    ArchSpec(
-        name="mla",
-        family="attention",
-        distribution="edifice-attention",
+    decoder_entry_spec(
+        "mla",
         summary="Multi-head latent attention (DeepSeek-V2): a low-rank KV latent is cached, RoPE keys are decoupled.",
         paper=DEEPSEEK_V2,
         config="edifice_attention.configs.mla:MLAConfig",
@@ -89,11 +87,6 @@ SPECS = (
             "qk_rope_head_dim": 4,
             "v_head_dim": 6,
         },
-        inputs=sequence_inputs(),
-        outputs=sequence_outputs(aux_loss_when="n_experts > 0"),
-        causal=True,
-        stateful=True,
-        variable_length=True,
         verification="parity:transformers.DeepseekV3ForCausalLM",
         interop=("transformers.DeepseekV3ForCausalLM",),
     ),

@@ -9,8 +9,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import ClassVar
 
-from edifice import ArchSpec, Converter, Paper, field
-from edifice.sequence import sequence_inputs, sequence_outputs
+from edifice import Converter, Paper, field
+from edifice_attention.configs._decoder_entry import decoder_entry_spec
 from edifice_attention.configs.decoder_only import DecoderOnlyConfig
 
 __all__ = ["CONVERTERS", "SPECS", "RNoPESWAConfig"]
@@ -48,10 +48,8 @@ class RNoPESWAConfig(DecoderOnlyConfig):
 
 
 SPECS = (
-    ArchSpec(
-        name="rnope_swa",
-        family="attention",
-        distribution="edifice-attention",
+    decoder_entry_spec(
+        "rnope_swa",
         summary="Interleaved NoPE global attention and RoPE sliding-window attention layers (Command A, Llama 4).",
         paper=YANG,
         config="edifice_attention.configs.rnope_swa:RNoPESWAConfig",
@@ -66,11 +64,6 @@ SPECS = (
             "window": 4,
             "global_every": 2,
         },
-        inputs=sequence_inputs(),
-        outputs=sequence_outputs(aux_loss_when="n_experts > 0"),
-        causal=True,
-        stateful=True,
-        variable_length=True,
         verification="parity:transformers.Cohere2ForCausalLM",
         interop=("transformers.Cohere2ForCausalLM",),
     ),

@@ -10,9 +10,9 @@ import dataclasses
 from collections.abc import Mapping
 from typing import ClassVar
 
-from edifice import ArchSpec, Converter, Paper, field
-from edifice.sequence import sequence_inputs, sequence_outputs
+from edifice import Converter, Paper, field
 from edifice.spec import TensorSpec
+from edifice_attention.configs._decoder_entry import decoder_entry_spec
 from edifice_attention.configs.decoder_only import DecoderOnlyConfig
 
 __all__ = ["CONVERTERS", "SPECS", "TMRoPEConfig"]
@@ -44,9 +44,8 @@ class TMRoPEConfig(DecoderOnlyConfig):
             self.fail("mrope_section", f"must sum to rotary_dim / 2 = {pairs}, got {sum(self.mrope_section)}")
 
 
-def _inputs() -> dict[str, TensorSpec]:
+def _position_ids() -> dict[str, TensorSpec]:
     return {
-        **sequence_inputs(),
         "position_ids": TensorSpec(
             ("B", 3, "T"),
             dtype="int64",
@@ -58,10 +57,8 @@ def _inputs() -> dict[str, TensorSpec]:
 
 
 SPECS = (
-    ArchSpec(
-        name="tmrope",
-        family="attention",
-        distribution="edifice-attention",
+    decoder_entry_spec(
+        "tmrope",
         summary="Multimodal RoPE (Qwen2-VL M-RoPE / Qwen2.5-Omni TMRoPE): 3-D (time, height, width) rotary positions.",
         paper=QWEN_OMNI,
         config="edifice_attention.configs.tmrope:TMRoPEConfig",
@@ -76,11 +73,7 @@ SPECS = (
             "mrope_section": (2, 3, 3),
             "attention_bias": True,
         },
-        inputs=_inputs(),
-        outputs=sequence_outputs(aux_loss_when="n_experts > 0"),
-        causal=True,
-        stateful=True,
-        variable_length=True,
+        extra_inputs=_position_ids(),
         verification="parity:transformers.Qwen2VLForConditionalGeneration",
         interop=("transformers.Qwen2VLForConditionalGeneration",),
     ),

@@ -11,8 +11,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from edifice import ArchSpec, Converter, Paper, field
-from edifice.sequence import sequence_inputs, sequence_outputs
+from edifice import Converter, Paper, field
+from edifice_attention.configs._decoder_entry import decoder_entry_spec
 from edifice_attention.configs.decoder_only import DecoderOnlyConfig
 
 __all__ = ["CONVERTERS", "SPECS", "YarnConfig"]
@@ -67,10 +67,8 @@ class YarnConfig(DecoderOnlyConfig):
 
 
 SPECS = (
-    ArchSpec(
-        name="yarn",
-        family="attention",
-        distribution="edifice-attention",
+    decoder_entry_spec(
+        "yarn",
         summary="YaRN: RoPE context extension by NTK-by-parts interpolation and an attention temperature.",
         paper=PENG,
         config="edifice_attention.configs.yarn:YarnConfig",
@@ -86,11 +84,6 @@ SPECS = (
             "original_max_position": 4,
             "rope_base": 100.0,
         },
-        inputs=sequence_inputs(),
-        outputs=sequence_outputs(aux_loss_when="n_experts > 0"),
-        causal=True,
-        stateful=True,
-        variable_length=True,
         verification="parity:transformers.LlamaForCausalLM",
         interop=("transformers.LlamaForCausalLM",),
     ),
