@@ -168,7 +168,7 @@ def test_matches_fla_log_linear_mamba2_on_cuda() -> None:
 
     model = build(num_levels=15, chunk_size=64, d_state=16).float().cuda()
     mixer = model.layers[0].mixer
-    ref = LogLinearMamba2(**{**mixer_kwargs(mixer), "backend": "triton"}).cuda().float()
+    ref = LogLinearMamba2(**{**mixer_kwargs(mixer), "backend": "triton"}).cuda().float().eval()
     sd = {
         "in_proj.weight": mixer.in_proj.weight,
         "conv1d.weight": mixer.conv.weight[:, None],
@@ -184,4 +184,7 @@ def test_matches_fla_log_linear_mamba2_on_cuda() -> None:
     ref.norm.eps = mixer.config.norm_eps
     x = torch.randn(2, 130, D, device="cuda")
     with torch.no_grad():
-        torch.testing.assert_close(mixer(x), ref(x)[0], atol=1e-4, rtol=1e-4)
+        got, want = mixer(x), ref(x)[0]
+    print(f"log_linear vs fla LogLinearMamba2 (cuda, fp32): max abs err {(got - want).abs().max().item():.3e}")
+    # fla's Triton kernels multiply fp32 in TF32 (tl.dot's default): 2e-3, not 1e-5
+    torch.testing.assert_close(got, want, atol=2e-3, rtol=2e-3)
