@@ -189,9 +189,12 @@ def variant_attention_naive(
     B, Hq, Tq, D = q.shape
     Hk, Tk = k.shape[1], k.shape[2]
     scale = D**-0.5 if scale is None else scale
-    qpos = (torch.arange(Tk - Tq, Tk) if q_positions is None else q_positions.cpu()).expand(B, Tq).tolist()
-    kpos = (torch.arange(Tk) if k_positions is None else k_positions.cpu()).expand(B, Tk).tolist()
+    # Which keys each query may see by position is sdpa's rule (tested against its own loop oracle).
+    by_position = _positions_mask(q, k, causal, window, q_positions, k_positions)
+    allowed = torch.ones(B, Hq, Tq, Tk, dtype=torch.bool) if by_position is None else by_position.expand(B, Hq, Tq, Tk)
     mask = None if attn_mask is None else attn_mask.expand(B, Hq, Tq, Tk)
+    if mask is not None and mask.dtype == torch.bool:
+        allowed = allowed & mask
     rows = []
     for b in range(B):
         for h in range(Hq):
@@ -200,17 +203,9 @@ def variant_attention_naive(
                 s = (k[b, kv].double() @ q[b, h, i].double()) * scale + logit_bias  # (Tk,)
                 if q_log_gates is not None and k_log_gates is not None:
                     s = s + q_log_gates[b, h, i].double() - k_log_gates[b, h].double()
-                keep = []
-                for j in range(Tk):
-                    dist = qpos[b][i] - kpos[b][j]
-                    ok = not (causal and dist < 0)
-                    if window is not None:
-                        ok = ok and (dist < window if causal else abs(dist) < window)
-                    keep.append(ok)
-                if mask is not None and mask.dtype == torch.bool:
-                    keep = [a and bool(m) for a, m in zip(keep, mask[b, h, i].tolist(), strict=True)]
-                elif mask is not None:
+                if mask is not None and mask.dtype != torch.bool:
                     s = s + mask[b, h, i].double()
+                keep = allowed[b, h, i].tolist()
                 idx = [j for j in range(Tk) if keep[j] and math.isfinite(float(s[j].detach()))]
                 if not idx:
                     rows.append(torch.zeros(v.shape[-1], dtype=torch.float64))
