@@ -20,7 +20,11 @@ def _model(name: str = "decoder_only", dtype: torch.dtype = torch.float32) -> to
     return model.to(device="cuda", dtype=dtype)
 
 
-@pytest.mark.parametrize("name", ["decoder_only", "attention"])
+# The softmax-attention variants (docs/design/attention_variants.md) decode through the same static cache.
+VARIANTS = ["diff_transformer", "gated_attention", "sigmoid_attention", "ssmax", "softpick", "fox", "laser"]
+
+
+@pytest.mark.parametrize("name", ["decoder_only", "attention", *VARIANTS])
 def test_static_decode_step_replays_in_a_cuda_graph(name: str) -> None:
     model = _model(name)
     c = model.config

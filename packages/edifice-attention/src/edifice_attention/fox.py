@@ -13,8 +13,9 @@ https://arxiv.org/abs/2503.02130. Implemented:
   :class:`~edifice_attention._attention_variants.VariantAttention`, as fla's ``use_output_gate``).
 
 Decoding: each cache slot stores its ``log f`` per query head beside its value (the value heads carry ``G =
-n_heads / n_kv_heads`` extra channels), so any KV cache keeps the gates in the slots of their keys; a step sums the
-cached gates for the running ``c`` of its queries and takes the cumulative sum over the slots for its keys. Padded
+n_heads / n_kv_heads`` extra channels), so any KV cache keeps the gates in the slots of their keys; a step
+takes the cumulative sum over the slots (after writing its own) for its keys' ``c_j`` and steps back from the last one
+for its queries' ``c_i`` (so a CUDA-graph warm-up that wrote a slot and rewound the cache leaves nothing stale). Padded
 positions have ``log f = 0`` (no decay), so padding is exact. With GQA the gates stay per query head (fla's layout).
 
 Deviations: the "Pro" block's KV-shift and the paper's data-dependent forget-gate bias initialisation options are
@@ -82,13 +83,14 @@ class ForgettingAttention(VariantAttention):
             k, v, masking = self._fetch(k, v, mask=mask, positions=positions, state=None)
             q_gates = k_gates = log_f.cumsum(-1)  # c_i = sum_{l<=i} log f_l
         else:
-            # The slots written so far hold their log f (unwritten ones hold 0): their sum is c before this call.
-            before = state.values[..., D:].float().sum(dim=2).reshape(B, Hq)  # (B, Hk, G) -> (B, Hq)
-            q_gates = before.unsqueeze(-1) + log_f.cumsum(-1)
             packed = torch.cat([v, log_f.view(B, Hk, G, T).transpose(2, 3).to(v.dtype)], dim=-1)  # (B, Hk, T, D+G)
             k, packed, masking = self._fetch(k, packed, mask=mask, positions=positions, state=state)
             v, gates = packed[..., :D], packed[..., D:]  # (B, Hk, L, D), (B, Hk, L, G)
-            k_gates = gates.float().transpose(2, 3).reshape(B, Hq, -1).cumsum(-1)  # slots are in position order
+            # Slots are in position order and unwritten ones hold 0, so the cumulative sum over the slots is c_j,
+            # and its last entry is c at this call's last position; the queries' c_i step back from there.
+            k_gates = gates.float().transpose(2, 3).reshape(B, Hq, -1).cumsum(-1)  # (B, Hq, L)
+            after = log_f.sum(-1, keepdim=True) - log_f.cumsum(-1)  # sum_{l > i} log f_l within this call
+            q_gates = k_gates[..., -1:] - after
         out = ops.variant_attention(q, k, v, q_log_gates=q_gates, k_log_gates=k_gates, scale=self.scale, **masking)
         return self.finish(out, x)
 
