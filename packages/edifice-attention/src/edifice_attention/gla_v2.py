@@ -3,10 +3,10 @@
 Papers: Yang, Wang, Shen, Panda & Kim (2023), "Gated Linear Attention Transformers with Hardware-Efficient Training",
 ICML 2024, https://arxiv.org/abs/2312.06635 (the layer, :mod:`edifice_attention.gla`); the short convolutions are
 those of the authors' follow-up, Yang, Wang, Zhang, Shen & Kim (2024), "Parallelizing Linear Transformers with the
-Delta Rule over Sequence Length", NeurIPS 2024, https://arxiv.org/abs/2406.06484 (§3.3-3.4 and the ablation of §5:
-a depthwise causal convolution with SiLU on q, k, v), as flash-linear-attention's ``GatedLinearAttention`` applies
-them to GLA (``use_short_conv=True``). The catalogue's "Yang et al. 2024 (GLA follow-up)"; ``docs/design/gla_v2.md``
-gives the reading.
+Delta Rule over Sequence Length", NeurIPS 2024, https://arxiv.org/abs/2406.06484 (its layer: a depthwise causal
+convolution with SiLU on q, k, v, which its ablations find important), as flash-linear-attention's
+``GatedLinearAttention`` applies them to GLA (``use_short_conv=True``). The catalogue's "Yang et al. 2024 (GLA
+follow-up)"; ``docs/design/gla_v2.md`` gives the reading.
 
 Implemented (per head; everything else is ``gla``'s):
 
