@@ -7,20 +7,20 @@ in flash-linear-attention (``GatedSlotAttention``). ``docs/design/gsa.md`` expla
 
 Implemented (per head; the layer in :mod:`edifice_attention._linear_attention`):
 
-* §3.1-3.2, the gated bounded memory (ABC's slots with GLA's forget gate), ``α_t = σ(x_t W_α)^{1/τ} ∈ (0, 1)^m``
+* the gated bounded memory (ABC's slots with GLA's forget gate), ``α_t = σ(x_t W_α)^{1/τ} ∈ (0, 1)^m``
   (``τ = 8``, computed as ``log α = logsigmoid(x W_α)/τ``)::
 
       K̃_t = Diag(α_t) K̃_{t-1} + (1 - α_t) ⊗ k_t ∈ R^{m×d_k}       Ṽ_t = Diag(α_t) Ṽ_{t-1} + (1 - α_t) ⊗ v_t ∈ R^{m×d_v}
       o_t = Ṽ_tᵀ softmax(K̃_t q_t)
 
-* §3.2 "GSA as two-pass GLA": pass 1 ``o'_t = K̃_t q_t ∈ R^m`` is linear attention whose decay acts on its output
+* the paper's "GSA as two-pass GLA": pass 1 ``o'_t = K̃_t q_t ∈ R^m`` is linear attention whose decay acts on its output
   (slot) dimension; for every slot ``j`` it is ``o'_tj = Σ_{i<=t} (Π_{r=i+1..t} α_rj) (1 - α_ij) (k_i · q_t)``, i.e.
   linear attention with the scalar decay ``α_j``, key ``(1 - α_j) k`` and a value of 1, run as ``m`` heads per head
   by :func:`edifice.ops.linear_attention` (its state is the column ``K̃_{:, j}``). Pass 2 ``o_t = Ṽ_tᵀ
   softmax(o'_t)`` is GLA with query ``softmax(o'_t)``, key ``1 - α_t``, value ``v_t`` and the decay ``α_t`` on its key
   (slot) dimension: :func:`edifice.ops.gated_linear_attention`. Both ops' chunked forms are the training path and
   their recurrent forms ``step``'s; the decoding state is ``[K̃ | Ṽ] ∈ R^{m×(d_k + d_v)}`` per head;
-* the layer (§3.3 and the authors' code): ``q, k = Swish(x W_{q,k})``, ``v = Swish(x W_v)``, scores ``K̃_t q_t``
+* the layer (the paper and the authors' code): ``q, k = Swish(x W_{q,k})``, ``v = Swish(x W_v)``, scores ``K̃_t q_t``
   unscaled, the read-out ``RMSNorm(Swish(o)) W_o`` (one RMSNorm over all heads); pre-norm RMSNorm blocks with a
   SwiGLU feed-forward (fla's ``GSAForCausalLM``).
 
@@ -67,7 +67,7 @@ class GatedSlotAttention(LinearAttentionMixer):
         self.scale = config.query_scale
 
     def log_decay(self, x: Tensor) -> Tensor:
-        """``log α_t = logsigmoid(x_t W_α) / τ`` (§3.2), fp32 ``[B, T, H, m]``."""
+        """``log α_t = logsigmoid(x_t W_α) / τ``, fp32 ``[B, T, H, m]``."""
         B, T, _ = x.shape
         g = F.logsigmoid(self.f_proj(x).float()) / self.gate_logit_normalizer
         return g.view(B, T, self.n_heads, self.num_slots)
@@ -120,7 +120,7 @@ class GatedSlotAttention(LinearAttentionMixer):
         return o, torch.cat([keys.view(B, H, M, K), slots], -1)
 
     def _output(self, o: Tensor, x: Tensor) -> Tensor:
-        """``RMSNorm(Swish(o))`` over all heads (§3.3); GSA has no output gate."""
+        """``RMSNorm(Swish(o))`` over all heads; GSA has no output gate."""
         return super()._output(F.silu(o), x)
 
 

@@ -1,18 +1,18 @@
 """KDA: Kimi Delta Attention, the gated delta rule whose decay is a vector over the key channels.
 
 Paper: Kimi Team (2025), "Kimi Linear: An Expressive, Efficient Attention Architecture",
-https://arxiv.org/abs/2510.26692 (§3, "Kimi Delta Attention"); the layer as released in flash-linear-attention's
+https://arxiv.org/abs/2510.26692 (its "Kimi Delta Attention"); the layer as released in flash-linear-attention's
 ``KimiDeltaAttention`` (by the authors).
 
 Implemented (per head, state ``S ∈ R^{d_k×d_v}``; the layer in :mod:`edifice_attention._linear_attention`):
 
-* §3.1, eq. 1: ``S_t = (I - β_t k_t k_tᵀ) Diag(α_t) S_{t-1} + β_t k_t v_tᵀ``, ``o_t = S_tᵀ q_t`` (queries scaled by
+* the recurrence: ``S_t = (I - β_t k_t k_tᵀ) Diag(α_t) S_{t-1} + β_t k_t v_tᵀ``, ``o_t = S_tᵀ q_t`` (queries scaled by
   ``1/sqrt(d_k)``) -- Gated DeltaNet's rule with the scalar ``α_t`` refined to a decay per key channel (GLA-style);
   written as the diagonal-plus-low-rank transition of :func:`edifice.ops.generalized_delta_rule`,
   ``S_t = (Diag(α_t) + b_t a_tᵀ) S_{t-1} + k̃_t v_tᵀ`` with ``a = -α_t ⊙ k_t``, ``b = β_t k_t``, ``k̃ = β_t k_t``;
-  the op's chunked WY form (§3.2's chunkwise algorithm, UT transform) is the training path, its recurrent form
+  the op's chunked WY form (the paper's chunkwise algorithm, UT transform) is the training path, its recurrent form
   ``step``'s;
-* §3.3, the layer: ``q, k, v = SiLU(ShortConv(x W_{q,k,v}))``, ``q, k`` L2-normalised per head; the decay
+* the layer: ``q, k, v = SiLU(ShortConv(x W_{q,k,v}))``, ``q, k`` L2-normalised per head; the decay
   ``log α_t = -exp(A_log) · softplus(x W_α↓ W_α↑ + dt_bias)`` (a low-rank projection to one log-decay per key channel,
   Mamba-2's parameterisation with ``A_log`` per head and ``dt_bias`` per channel); ``β_t = σ(x W_β)`` per head;
   the read-out ``o = W_o(σ(x W_g↓ W_g↑) ⊙ RMSNorm_h(o))`` (a low-rank sigmoid output gate, per-head RMSNorm);
@@ -54,7 +54,7 @@ L2_EPS = 1e-6
 
 
 class KimiDeltaAttention(LinearAttentionMixer):
-    """KDA's token mixer: L2-normalised q/k, a per-channel decay and a write strength β per head (§3.3)."""
+    """KDA's token mixer: L2-normalised q/k, a per-channel decay and a write strength β per head."""
 
     vector_decay = True
 
@@ -105,7 +105,7 @@ class KimiDeltaAttention(LinearAttentionMixer):
     def attend(
         self, q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, initial: Tensor | None
     ) -> tuple[Tensor, Tensor]:
-        """eq. 1 through :func:`edifice.ops.generalized_delta_rule`: ``a = -α ⊙ k``, ``b = k̃ = β k``."""
+        """The KDA recurrence through :func:`edifice.ops.generalized_delta_rule`: ``a = -α ⊙ k``, ``b = k̃ = β k``."""
         assert g is not None, "KimiDeltaAttention: gates() always gives the decay and β"
         log_alpha, beta = g[..., :-1], g[..., -1:]
         k32 = k.float()

@@ -7,15 +7,15 @@ entry "Sun et al. 2024 (YOCO-era RetNet refinements)"; ``docs/design/retnet_v2.m
 
 Implemented (per head, state ``S ∈ R^{d_k×d_v}``; the layer in :mod:`edifice_attention._linear_attention`):
 
-* YOCO eq. 3: ``Q = (X W_Q) ⊙ Θ``, ``K = (X W_K) ⊙ Θ̄``, ``V = X W_V``, ``γ = sigmoid(X W_γ)^{1/τ}`` with one
+* gated retention: ``Q = (X W_Q) ⊙ Θ``, ``K = (X W_K) ⊙ Θ̄``, ``V = X W_V``, ``γ = sigmoid(X W_γ)^{1/τ}`` with one
   ``γ`` per head and position (``W_γ ∈ R^{d×h}``, ``τ = 16``), computed in log space as
   ``log γ = logsigmoid(X W_γ) / τ``; Θ is RetNet's rotation (:class:`~edifice_attention.retnet.MultiScaleRetention`);
-* YOCO eq. 4 (parallel form, ``D_nm = Π_{i=m+1..n} γ_i``), eq. 5 (recurrent form ``S_n = γ_n S_{n-1} + K_nᵀ V_n``,
-  ``gRet(X_n) = Q_n S_n``) and eq. 6 (chunkwise form): :func:`edifice.ops.linear_attention` with the data-dependent
+* its parallel form (``D_nm = Π_{i=m+1..n} γ_i``), recurrent form (``S_n = γ_n S_{n-1} + K_nᵀ V_n``,
+  ``gRet(X_n) = Q_n S_n``) and chunkwise form: :func:`edifice.ops.linear_attention` with the data-dependent
   scalar log-decay, the same op as RetNet's fixed ``γ``; queries scaled by ``1/sqrt(d_k)``;
-* YOCO eq. 7, gated multi-head retention: ``Y = GroupNorm_h(Concat(head_1..head_n))``, ``GMHR(X) = (swish(X W_G) ⊙
+* gated multi-head retention: ``Y = GroupNorm_h(Concat(head_1..head_n))``, ``GMHR(X) = (swish(X W_G) ⊙
   Y) W_O``, with the per-head norm an RMSNorm without gain (YOCO's released code and fla's ``YOCOGatedRetention``);
-* the self-decoder block (YOCO §2.1): ``Y = ESA(LN(X)) + X``, ``X' = SwiGLU(LN(Y)) + Y`` with RMSNorm.
+* the self-decoder block (YOCO's self-decoder): ``Y = ESA(LN(X)) + X``, ``X' = SwiGLU(LN(Y)) + Y`` with RMSNorm.
 
 Deviations: this entry is the self-decoder's stack of gated-retention blocks alone, not the whole decoder-decoder
 (YOCO's cross-decoder, softmax attention over the self-decoder's one KV cache, is an attention model of its own).
@@ -45,7 +45,7 @@ __all__ = ["GatedRetention", "RetNetV2", "interleaved_to_half", "map_yoco_gated_
 
 
 class GatedRetention(MultiScaleRetention):
-    """YOCO's gated retention (eqs. 3-7): RetNet's retention whose decay ``γ_t`` is a gate of the input."""
+    """YOCO's gated retention: RetNet's retention whose decay ``γ_t`` is a gate of the input."""
 
     def __init__(self, config: RetNetConfig) -> None:
         if not isinstance(config, RetNetV2Config):
@@ -58,7 +58,7 @@ class GatedRetention(MultiScaleRetention):
             self.o_norm = get_norm(config.output_norm, dim, eps=config.norm_eps, elementwise_affine=False)
 
     def log_decay(self, x: Tensor) -> Tensor:
-        """``log γ_t = logsigmoid(x_t W_γ) / τ`` (eq. 3), fp32 ``[B, T, H]``."""
+        """``log γ_t = logsigmoid(x_t W_γ) / τ``, fp32 ``[B, T, H]``."""
         return F.logsigmoid(self.gk_proj(x).float()) / self.gate_logit_normalizer
 
 

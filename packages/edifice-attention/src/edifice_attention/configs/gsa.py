@@ -21,8 +21,8 @@ class GSAConfig(LinearAttentionConfig):
     """GSA (Zhang et al. 2024): gated memories of ``num_slots`` key and value slots per head, read by a softmax."""
 
     arch: str = field("gsa", "Registry name of the architecture this config builds.")
-    num_slots: int = field(64, "Memory slots m per head: rows of the key and value memories K̃, Ṽ ∈ R^{m×d} (§3).")
-    gate_logit_normalizer: float = field(8.0, "Temperature τ of the forget gate α = σ(x W_α)^{1/τ} (§3.2: 8).")
+    num_slots: int = field(64, "Memory slots m per head: rows of the key and value memories K̃, Ṽ ∈ R^{m×d}.")
+    gate_logit_normalizer: float = field(8.0, "Temperature τ of the forget gate α = σ(x W_α)^{1/τ} (the paper: 8).")
     feature_map: str | None = field("silu", "Activation of q and k before the first pass (the paper: Swish).")
     use_output_gate: bool = field(False, "GSA has no output gate (the read-out is Swish -> RMSNorm -> W_o).")
     output_norm_per_head: bool = field(False, "One RMSNorm over all heads' read-outs (the authors' layer).")

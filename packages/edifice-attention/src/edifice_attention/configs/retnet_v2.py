@@ -16,7 +16,7 @@ YOCO = Paper("You Only Cache Once: Decoder-Decoder Architectures for Language Mo
 
 @dataclasses.dataclass(kw_only=True)
 class RetNetV2Config(RetNetConfig):
-    """Gated retention (YOCO §2.2): RetNet's retention with a data-dependent scalar decay γ_t per head and step."""
+    """Gated retention (YOCO): RetNet's retention with a data-dependent scalar decay γ_t per head and step."""
 
     arch: str = field("retnet_v2", "Registry name of the architecture this config builds.")
     expand_k: float = field(1.0, "Query/key width is d_model * expand_k (YOCO: d).")
@@ -25,7 +25,7 @@ class RetNetV2Config(RetNetConfig):
     output_norm_affine: bool = field(False, "Learned gain in the per-head output norm (YOCO's code: none).")
     norm: str = field("rmsnorm", "Norm of the residual blocks (YOCO: RMSNorm).")
     ffn: str = field("swiglu", "Feed-forward kind (YOCO: SwiGLU).")
-    gate_logit_normalizer: float = field(16.0, "Temperature τ of γ_t = σ(x_t W_γ)^{1/τ} (YOCO §2.2: 16).")
+    gate_logit_normalizer: float = field(16.0, "Temperature τ of γ_t = σ(x_t W_γ)^{1/τ} (YOCO: 16).")
 
     def validate(self) -> None:
         """A positive temperature; a per-head norm (a gain-free joint norm would not be YOCO's)."""
