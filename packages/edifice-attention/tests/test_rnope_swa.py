@@ -89,6 +89,12 @@ def test_global_layers_carry_no_position_information() -> None:
     shuffled = torch.cat([x[:, torch.randperm(8)], x[:, -1:]], dim=1)
     with torch.no_grad():
         assert_close(model(shuffled)[:, -1], model(x)[:, -1], FP32, name="last position")
+        # The global layer is exactly causal softmax attention on unrotated q, k (Vaswani eq. 1, no positions).
+        mixer, h = model.layers[0].mixer, model.layers[0].mixer_norm(model.input_proj(x))
+        q, k, v = (proj(h).view(1, 9, 4, 8).transpose(1, 2) for proj in (mixer.q_proj, mixer.k_proj, mixer.v_proj))
+        scores = (q @ k.transpose(-1, -2) / 8**0.5).masked_fill(torch.ones(9, 9, dtype=torch.bool).triu(1), -torch.inf)
+        expected = mixer.o_proj((scores.softmax(-1) @ v).transpose(1, 2).reshape(1, 9, 32))
+        assert_close(mixer(h), expected, FP32, name="NoPE causal attention")
         local = edifice.build("rnope_swa", d_model=32, n_layers=1, n_heads=4, d_in=8, window=9, global_every=2).eval()
         local.load_state_dict(model.state_dict())
         assert (local(shuffled)[:, -1] - local(x)[:, -1]).abs().max() > 1e-4  # RoPE layers do see positions
