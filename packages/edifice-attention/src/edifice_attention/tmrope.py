@@ -184,7 +184,7 @@ class TMRoPE(DecoderOnly):
         """Sectioned M-RoPE over ``(t, h, w)``."""
         c = self.config
         return MRotaryEmbedding(
-            c.head_size if head_dim is None else head_dim, c.mrope_section, rotary_dim=c.rotary_dim,
+            c.head_size if head_dim is None else head_dim, c.sections, rotary_dim=c.rotary_dim,
             base=c.rope_base, scaling=c.rope_scaling,
         )  # fmt: skip
 

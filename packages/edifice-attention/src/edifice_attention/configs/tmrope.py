@@ -25,8 +25,10 @@ class TMRoPEConfig(DecoderOnlyConfig):
     """Multimodal RoPE: rotary frequency sections follow a token's temporal, height and width position ids."""
 
     arch: str = field("tmrope", "Registry name of the architecture this config builds.")
-    mrope_section: tuple[int, int, int] = field(
-        (16, 24, 24), "Rotary frequency pairs per axis (temporal, height, width); they sum to rotary_dim / 2."
+    mrope_section: tuple[int, int, int] | None = field(
+        None,
+        "Rotary frequency pairs per axis (temporal, height, width), summing to rotary_dim / 2; None splits them "
+        "1/4, 3/8, 3/8 as Qwen2-VL's [16, 24, 24] does for 64 pairs.",
     )
     out_bias: bool | None = field(None, "Bias on the output projection; None follows attention_bias (Qwen2: False).")
 
@@ -37,11 +39,23 @@ class TMRoPEConfig(DecoderOnlyConfig):
         super().validate()
         if self.positional != "rope":
             self.fail("positional", "must be 'rope' (M-RoPE rotates by 3-D positions)")
+        if self.mrope_section is None:
+            return
         if len(self.mrope_section) != 3 or any(s <= 0 for s in self.mrope_section):
             self.fail("mrope_section", "must be three positive pair counts (temporal, height, width)")
         pairs = (self.rotary_dim or self.head_size) // 2
         if sum(self.mrope_section) != pairs:
             self.fail("mrope_section", f"must sum to rotary_dim / 2 = {pairs}, got {sum(self.mrope_section)}")
+
+    @property
+    def sections(self) -> tuple[int, int, int]:
+        """The resolved (temporal, height, width) pair counts."""
+        if self.mrope_section is not None:
+            return self.mrope_section
+        pairs = (self.rotary_dim or self.head_size) // 2
+        t = pairs // 4
+        w = (pairs - t) // 2
+        return (t, pairs - t - w, w)
 
 
 def _position_ids() -> dict[str, TensorSpec]:
