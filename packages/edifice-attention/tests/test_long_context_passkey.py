@@ -57,32 +57,47 @@ def passkey_accuracy(model: nn.Module, length: int, *, seed: int = 123) -> tuple
     return float((logits[:, -1].argmax(-1) == keys).float().mean()), bool(torch.isfinite(logits).all())
 
 
-def _rebuilt(model: nn.Module, name: str, **changes: Any) -> nn.Module:
-    """The same weights under another config of the entry (the context-extension fields changed)."""
-    config = dataclasses_replace(model.config, **changes)
-    other = edifice.build(name, **config).eval()
-    other.load_state_dict(model.state_dict())
-    return other
-
-
-def dataclasses_replace(config: Any, **changes: Any) -> dict[str, Any]:
-    fields = {k: v for k, v in config.to_dict().items() if k not in ("arch", "schema_version")}
-    return {**fields, **changes}
-
-
 SMALL = {"d_model": 64, "n_layers": 2, "n_heads": 4, "d_ff": 128, "vocab_size": VOCAB, "rope_base": 10000.0}
 
 
-@pytest.mark.slow
-def test_yarn_keeps_passkey_retrieval_at_4x_the_training_length() -> None:
+@pytest.fixture(scope="module")
+def trained() -> nn.Module:
+    """A plain-RoPE decoder trained at ``TRAIN_LEN``: the model both mechanisms extend (neither changes weights)."""
     torch.manual_seed(0)
-    # Trained with plain RoPE (factor 1 is exactly RoPE) at length L, as a model YaRN extends would have been.
-    model = train_passkey(edifice.build("yarn", **SMALL, factor=1.0, original_max_position=TRAIN_LEN))
+    model = train_passkey(edifice.build("decoder_only", **SMALL))
     accuracy, finite = passkey_accuracy(model, TRAIN_LEN)
     assert finite and accuracy >= 0.95, f"the tiny model did not learn the task at L: {accuracy:.2f}"
-    plain, _ = passkey_accuracy(model, 4 * TRAIN_LEN)
-    extended = _rebuilt(model, "yarn", factor=4.0)
+    return model
+
+
+def _extended(trained: nn.Module, name: str, **fields: Any) -> nn.Module:
+    """The trained weights under ``name`` with its context-extension fields (same parameter names as decoder_only)."""
+    model = edifice.build(name, **SMALL, **fields).eval()
+    model.load_state_dict(trained.state_dict())
+    return model
+
+
+@pytest.mark.slow
+def test_yarn_keeps_passkey_retrieval_at_4x_the_training_length(trained: nn.Module) -> None:
+    plain, _ = passkey_accuracy(trained, 4 * TRAIN_LEN)
+    extended = _extended(trained, "yarn", factor=4.0, original_max_position=TRAIN_LEN)
+    assert (
+        passkey_accuracy(_extended(trained, "yarn", factor=1.0, original_max_position=TRAIN_LEN), TRAIN_LEN)[0] >= 0.95
+    )
     accuracy, finite = passkey_accuracy(extended, 4 * TRAIN_LEN)
     print(f"yarn passkey accuracy at 4L: {accuracy:.3f} (plain RoPE: {plain:.3f})")
+    assert finite
+    assert accuracy >= 0.9
+
+
+@pytest.mark.slow
+def test_dual_chunk_attention_keeps_passkey_retrieval_at_4x_the_training_length(trained: nn.Module) -> None:
+    # ChunkLlama's settings for training length L: chunk_size 3L/4, local window L/16, chunk length 3L/4 - L/16.
+    w = TRAIN_LEN // 16
+    extended = _extended(trained, "dual_chunk_attention", chunk_size=3 * TRAIN_LEN // 4 - w, local_window=w)
+    assert extended.config.max_relative_position < TRAIN_LEN  # every distance it forms was seen in training
+    plain, _ = passkey_accuracy(trained, 4 * TRAIN_LEN)
+    accuracy, finite = passkey_accuracy(extended, 4 * TRAIN_LEN)
+    print(f"dual_chunk_attention passkey accuracy at 4L: {accuracy:.3f} (plain RoPE: {plain:.3f})")
     assert finite
     assert accuracy >= 0.9
