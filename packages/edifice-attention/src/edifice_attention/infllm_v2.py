@@ -57,12 +57,12 @@ def kernel_block_scores(
     kernel_stride: int,
     scale: float,
     reduce: str,
-    values: tuple[Tensor, Tensor] | None = None,
+    kernels: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Group-summed kernel attention probabilities onto blocks: ``(score [B, Hk, Tq, Nb], scored [B, Hk, Tq, Nb])``.
 
-    ``kernels`` are spans of ``kernel_size`` keys every ``kernel_stride``, pooled by ``values[0]`` when given (NSA's
-    compression of the keys, ``[B, Hk, Nc, D]``) else by the mean. ``reduce="max"`` (InfLLM-V2) or ``"sum"`` (NSA eq.
+    Kernels are spans of ``kernel_size`` keys every ``kernel_stride``: ``kernels [B, Hk, Nc, D]`` when given (NSA's
+    compressed keys), else the mean of each span. ``reduce="max"`` (InfLLM-V2) or ``"sum"`` (NSA eq.
     9) over the visible kernels that overlap each block. ``scored`` marks blocks that have such a kernel.
     """
     B, Hq, Tq, _ = q.shape
@@ -72,15 +72,13 @@ def kernel_block_scores(
     if count == 0:
         zeros = q.new_zeros(B, Hk, Tq, n_blocks, dtype=torch.float32)
         return zeros, zeros.bool()
-    if values is None:
+    if kernels is None:
         keyed = keys_by_position(k, k_pos, k_valid, Tk)
-        kernels = keyed.unfold(2, kernel_size, kernel_stride).float().mean(-1)  # (B, Hk, Nc, D)
-    else:
-        kernels = values[0].float()
-    scores = torch.einsum("bhtd,bhnd->bhtn", q.float(), kernels.repeat_interleave(Hq // Hk, 1)) * scale
+        kernels = keyed.unfold(2, kernel_size, kernel_stride).mean(-1)  # (B, Hk, Nc, D)
+    scores = torch.einsum("bhtd,bhnd->bhtn", q.float(), kernels.float().repeat_interleave(Hq // Hk, 1)) * scale
     visible = span_visible(q_pos, count, kernel_size, kernel_stride)[:, None]  # (B, 1, Tq, Nc)
     probs = torch.softmax(scores.masked_fill(~visible, float("-inf")), -1).nan_to_num(0.0)
-    grouped = probs.unflatten(1, (Hk, Hq // Hk)).sum(2)  # (B, Hk, Tq, Nc): shared across the GQA group
+    grouped = probs.reshape(B, Hk, Hq // Hk, Tq, count).sum(2)  # (B, Hk, Tq, Nc): shared across the GQA group
     overlap = span_block_overlap(count, kernel_size, kernel_stride, n_blocks, block_size, q.device)  # (Nc, Nb)
     use = visible[..., None] & overlap  # (B, 1, Tq, Nc, Nb)
     if reduce == "max":
@@ -90,7 +88,9 @@ def kernel_block_scores(
     return score, use.any(-2).expand_as(score)
 
 
-def forced_blocks(q_pos: Tensor, n_blocks: int, block_size: int, init_blocks: int, local_blocks: int) -> Tensor:
+def forced_blocks(
+    q_pos: Tensor, n_blocks: int, block_size: int, init_blocks: int, local_blocks: int
+) -> tuple[Tensor, Tensor]:
     """``(visible, forced)`` ``[B, Tq, Nb]`` bool: blocks that have started, and the initial + local ones among them."""
     blocks = torch.arange(n_blocks, device=q_pos.device)
     current = q_pos[..., None] // block_size
@@ -134,7 +134,8 @@ class InfLLMV2Attention(BlockSelectAttention):
         visible, forced = forced_blocks(q_pos, score.shape[-1], bs, self.init_blocks, self.local_blocks)
         chosen = top_blocks(score, scored & visible[:, None], forced[:, None], self.top_k)
         dense = (q_pos + 1 <= self.dense_len)[:, None, :, None] & visible[:, None]
-        return chosen | dense
+        out: Tensor = chosen | dense
+        return out
 
     def extra_repr(self) -> str:
         return (

@@ -41,7 +41,9 @@ def moba_selection(
     n_blocks = -(-Tk // block_size)
     keyed = keys_by_position(k, k_pos, k_valid, n_blocks * block_size)  # (B, Hk, Nb*bs, D)
     full = n_spans(Tk, block_size, block_size)
-    means = keyed.unflatten(2, (n_blocks, block_size)).float().mean(3)  # (B, Hk, Nb, D) mean-pooled block keys
+    means = (
+        keyed.reshape(*keyed.shape[:2], n_blocks, block_size, -1).float().mean(3)
+    )  # (B, Hk, Nb, D) mean-pooled block keys
     gate = torch.einsum("bhtd,bhnd->bhtn", q.float(), means.repeat_interleave(Hq // Hk, 1))  # eq. 6, per query head
     blocks = torch.arange(n_blocks, device=q.device)
     current = q_pos[..., None] // block_size  # (B, Tq, 1)

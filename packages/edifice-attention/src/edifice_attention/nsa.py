@@ -119,7 +119,7 @@ class NSAAttention(VariantAttention):
                 kernel_stride=self.cmp_stride,
                 scale=scale,
                 reduce="sum",
-                values=None if kc is None else (kc.detach(),),
+                kernels=None if kc is None else kc.detach(),
             )
             visible_blocks, forced = forced_blocks(
                 q_pos, score.shape[-1], self.select_block, self.init_blocks, self.local_blocks
