@@ -36,7 +36,6 @@ import torch
 from torch import Tensor, nn
 
 from edifice import ops
-from edifice.blocks.kv_cache import KVCache
 from edifice.config import ArchConfig
 from edifice_attention._attention_variants import VariantAttention
 from edifice_attention._block_select import key_layout, keys_by_position, n_spans, span_visible, top_blocks
@@ -131,22 +130,16 @@ class NSAAttention(VariantAttention):
         o_win: Tensor = ops.sdpa(q, k, v, scale=scale, **{**masking, "window": self.nsa_window})
         return o_cmp, o_slc, o_win
 
-    def forward(
-        self,
-        x: Tensor,
-        *,
-        mask: Tensor | None = None,
-        positions: Tensor | None = None,
-        state: KVCache | None = None,
-    ) -> Tensor:
-        """Eq. 5: the gated sum of the three branches, then ``o_proj``."""
-        q, k, v = self._qkv(x, mask=mask, positions=positions, state=state)
-        k, v, masking = self._fetch(k, v, mask=mask, positions=positions, state=state)
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, **masking: Any) -> Tensor:
+        """The three branches stacked on a last axis, ``[B, Hq, Tq, Dv, 3]`` (:meth:`finish` gates them)."""
+        return torch.stack(self.branches(q, k, v, **masking), -1)
+
+    def finish(self, out: Tensor, x: Tensor) -> Tensor:
+        """Eq. 5: the per-head sigmoid gates ``sigmoid(x W_g)`` mix the stacked branches, then ``o_proj``."""
         B, T, _ = x.shape
-        gates = self.gate_proj(x).view(B, T, self.n_heads, 3).sigmoid().permute(3, 0, 2, 1)[..., None]  # (3,B,H,T,1)
-        o_cmp, o_slc, o_win = self.branches(q, k, v, **masking)
-        out = gates[0] * o_cmp + gates[1] * o_slc + gates[2] * o_win
-        return self.finish(out.to(q.dtype), x)
+        gates = self.gate_proj(x).view(B, T, self.n_heads, 3).sigmoid().transpose(1, 2)  # (B, Hq, T, 3)
+        mixed = (out * gates[..., None, :].to(out.dtype)).sum(-1)
+        return super().finish(mixed, x)
 
     def extra_repr(self) -> str:
         return (
