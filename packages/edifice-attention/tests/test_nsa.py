@@ -139,3 +139,26 @@ def test_compression_gets_gradients() -> None:
 def test_bad_config_names_the_field(field: str, value: int) -> None:
     with pytest.raises(ValueError, match=field):
         build(**{field: value})
+
+
+def test_block_sparse_op_matches_fla_naive_nsa_selection() -> None:
+    """The selected-block branch's op against fla's independent ``naive_nsa_selection`` on the same block indices."""
+    naive = pytest.importorskip("fla.ops.nsa.naive")
+    gen = torch.Generator().manual_seed(6)
+    Bn, Tn, Hq, Hk, d, bs, S = 2, 13, 4, 2, 8, 3, 3
+    q, k, v = (torch.randn(Bn, Tn, h, d, generator=gen) for h in (Hq, Hk, Hk))
+    n_blocks = -(-Tn // bs)
+    idx = torch.full((Bn, Tn, Hk, S), -1, dtype=torch.long)
+    for b in range(Bn):
+        for t in range(Tn):
+            for h in range(Hk):  # the query's own block and up to S - 1 random earlier ones, distinct
+                past = torch.randperm(t // bs, generator=gen)[: S - 1]
+                chosen = torch.cat([torch.tensor([t // bs]), past])
+                idx[b, t, h, : len(chosen)] = chosen
+    mask = torch.zeros(Bn, Hk, Tn, n_blocks + 1, dtype=torch.bool)
+    mask.scatter_(3, idx.clamp_min(-1).where(idx >= 0, n_blocks).permute(0, 2, 1, 3), True)
+    want = naive.naive_nsa_selection(q, k, v, idx, block_size=bs)
+    got = edifice.ops.block_sparse_attention(
+        *(t.transpose(1, 2) for t in (q, k, v)), mask[..., :n_blocks], block_size=bs, causal=True
+    ).transpose(1, 2)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
