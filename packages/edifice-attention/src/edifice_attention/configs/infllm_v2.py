@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from typing import ClassVar
 
 from edifice import Paper, field
 from edifice_attention.configs._attention_variants import variant_spec
@@ -29,6 +31,15 @@ class InfLLMV2Config(BlockSelectConfig):
     init_blocks: int = field(1, "Initial blocks always attended (MiniCPM4: 1).")
     local_blocks: int = field(32, "Most recent blocks always attended, the query's own included (2048 / 64 tokens).")
     dense_len: int = field(8192, "A query seeing at most this many keys attends all of them (MiniCPM4: 8192).")
+
+    aliases: ClassVar[Mapping[str, str]] = {
+        **BlockSelectConfig.aliases,
+        "block_size": "sparse_block_size",
+        "num_topk_blocks": "sparse_top_k",
+        "topk": "sparse_top_k",
+        "num_initial_blocks": "init_blocks",
+        "num_local_blocks": "local_blocks",
+    }
 
     def validate(self) -> None:
         """Positive sizes; ``init_blocks`` may be 0."""

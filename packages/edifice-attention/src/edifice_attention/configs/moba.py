@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from typing import ClassVar
 
 from edifice import Paper, field
 from edifice_attention.configs._attention_variants import variant_spec
@@ -20,6 +22,14 @@ class MoBAConfig(BlockSelectConfig):
     arch: str = field("moba", "Registry name of the architecture this config builds.")
     moba_block_size: int = field(512, "Keys per block (blocks aligned to multiples of it); the paper's 512.")
     moba_top_k: int = field(3, "Blocks each query attends, its current block included (the paper's k = 3).")
+
+    aliases: ClassVar[Mapping[str, str]] = {
+        **BlockSelectConfig.aliases,
+        "block_size": "moba_block_size",
+        "topk": "moba_top_k",
+        "moba_chunk_size": "moba_block_size",
+        "moba_topk": "moba_top_k",
+    }
 
     def validate(self) -> None:
         """Positive block size and top-k."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from typing import ClassVar
 
 from edifice import Paper, field
 from edifice_attention.configs._attention_variants import variant_spec
@@ -31,6 +33,14 @@ class NSAConfig(BlockSelectConfig):
     init_blocks: int = field(1, "Initial selection blocks always kept (the paper's 1).")
     local_blocks: int = field(2, "Most recent selection blocks always kept, the query's own included (the paper's 2).")
     nsa_window: int = field(512, "Sliding-window branch size w in keys (the paper's 512).")
+
+    aliases: ClassVar[Mapping[str, str]] = {
+        **BlockSelectConfig.aliases,
+        "block_size": "select_block",
+        "num_selected_blocks": "select_top_n",
+        "block_counts": "select_top_n",
+        "window_size": "nsa_window",
+    }
 
     def validate(self) -> None:
         """Positive sizes, ``cmp_stride <= cmp_size``, ``init_blocks >= 0``."""
