@@ -39,7 +39,6 @@ from torch import Tensor, nn
 
 from edifice.blocks.attention import Attention
 from edifice.blocks.conv import CausalDepthwiseConv1d
-from edifice.blocks.kv_cache import SlidingWindowKVCache
 from edifice.blocks.rope import RotaryEmbedding
 from edifice.config import ArchConfig
 from edifice_attention._linear_attention import MixerStackBackbone
@@ -47,7 +46,7 @@ from edifice_attention.configs.based import BasedConfig
 from edifice_attention.configs.linear_transformer import LinearTransformerConfig
 from edifice_attention.linear_transformer import NormalizedLinearAttention
 
-__all__ = ["Based", "BasedLinearAttention", "GatedShortConv", "SlidingWindowAttention", "TaylorFeatureMap"]
+__all__ = ["Based", "BasedLinearAttention", "GatedShortConv", "TaylorFeatureMap"]
 
 
 class TaylorFeatureMap(nn.Module):
@@ -105,30 +104,6 @@ class BasedLinearAttention(NormalizedLinearAttention):
         return TaylorFeatureMap(self.head_k_dim)
 
 
-class SlidingWindowAttention(Attention):
-    """Causal softmax attention over the last ``window_size`` positions with RoPE; its state is a ring buffer."""
-
-    def init_state(
-        self,
-        batch_size: int,
-        *,
-        max_len: int | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> SlidingWindowKVCache:
-        """``window`` key/value slots: constant size, so ``max_len`` is not needed."""
-        weight = self.k_proj.weight
-        assert self.window is not None
-        return SlidingWindowKVCache.empty(
-            batch_size,
-            self.n_kv_heads,
-            self.head_dim,
-            self.window,
-            device=weight.device if device is None else device,
-            dtype=weight.dtype if dtype is None else dtype,
-        )
-
-
 class GatedShortConv(nn.Module):
     """The authors' ``BaseConv``: ``W_out(SiLU(conv(W_1 x)) ⊙ W_2 x)`` with a depthwise causal convolution."""
 
@@ -182,7 +157,6 @@ class Based(MixerStackBackbone):
             return BasedLinearAttention(c)
         if kind == "swa":
             head_dim = c.d_model // c.n_heads
-            return SlidingWindowAttention(
-                c.d_model, c.n_heads, window=c.window_size, rope=RotaryEmbedding(head_dim, base=c.rope_base)
-            )
+            rope = RotaryEmbedding(head_dim, base=c.rope_base)
+            return Attention(c.d_model, c.n_heads, window=c.window_size, rope=rope, ring_cache=True)
         return GatedShortConv(c)

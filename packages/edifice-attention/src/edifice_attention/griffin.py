@@ -61,7 +61,6 @@ from edifice.blocks.attention import Attention
 from edifice.blocks.backbone import SequenceBackbone, SequenceOutput
 from edifice.blocks.conv import CausalDepthwiseConv1d
 from edifice.blocks.ffn import GatedFeedForward
-from edifice.blocks.kv_cache import SlidingWindowKVCache
 from edifice.blocks.norms import get_norm
 from edifice.blocks.rope import RotaryEmbedding
 from edifice.blocks.transformer import TransformerBlock
@@ -266,6 +265,7 @@ class LocalAttention(Attention):
             bias=c.attention_bias,
             out_bias=True,
             dropout=c.attention_dropout,
+            ring_cache=True,
         )
         self.final_scale = 2.0 / c.n_layers
         self.reset_parameters()
@@ -275,26 +275,6 @@ class LocalAttention(Attention):
         for proj in (self.q_proj, self.k_proj, self.v_proj):
             _lecun(proj)
         _lecun(self.o_proj, self.final_scale)
-
-    def init_state(
-        self,
-        batch_size: int,
-        *,
-        max_len: int | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> SlidingWindowKVCache:
-        """A ring buffer of ``window`` key/value slots: constant size, ``max_len`` is not needed."""
-        weight = self.k_proj.weight
-        assert self.window is not None
-        return SlidingWindowKVCache.empty(
-            batch_size,
-            self.n_kv_heads,
-            self.head_dim,
-            self.window,
-            device=weight.device if device is None else device,
-            dtype=weight.dtype if dtype is None else dtype,
-        )
 
 
 def _lecun(linear: nn.Linear, scale: float = 1.0) -> None:

@@ -26,13 +26,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-import torch
 from torch import Tensor, nn
 
 import edifice
 from edifice.blocks.attention import Attention
-from edifice.blocks.backbone import SequenceOutput, SequenceState
-from edifice.blocks.kv_cache import SlidingWindowKVCache
+from edifice.blocks.backbone import SequenceOutput
 from edifice.blocks.norms import get_norm
 from edifice.blocks.transformer import TransformerBlock
 from edifice.config import ArchConfig
@@ -85,10 +83,13 @@ class RNoPESWA(DecoderOnly):
         return get_norm(name, c.d_model, eps=c.norm_eps)
 
     def build_mixer(self, index: int) -> nn.Module:
-        """decoder_only's attention; a global layer has neither RoPE (NoPE) nor a window (full causal attention)."""
+        """decoder_only's attention; a global layer has neither RoPE (NoPE) nor a window (full causal attention), a
+        local layer decodes from a constant-size ring of ``window`` keys."""
         kwargs = self.attention_kwargs()
         if self.config.is_global(index):
             kwargs.update(rope=None, window=None)
+        else:
+            kwargs.update(ring_cache=True)
         return Attention(**kwargs)
 
     def build_layer(self, index: int) -> nn.Module:
@@ -109,28 +110,6 @@ class RNoPESWA(DecoderOnly):
         if self.lm_head is not None and self.config.logit_scale != 1.0:
             h = h * self.config.logit_scale  # logits = scale * lm_head(h); the head has no bias
         return super()._output(h, aux)
-
-    def init_state(
-        self,
-        batch_size: int,
-        *,
-        max_len: int | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> SequenceState:
-        """Global layers get decoder_only's KV cache; local layers a constant-size ring of ``window`` keys."""
-        state = super().init_state(batch_size, max_len=max_len, device=device, dtype=dtype)
-        c = self.config
-        assert c.window is not None
-        for index, layer in enumerate(self.layers):
-            mixer = layer.mixer
-            if not c.is_global(index) and isinstance(mixer, Attention):
-                cache = state.layers[index]
-                state.layers[index] = SlidingWindowKVCache.empty(
-                    batch_size, mixer.n_kv_heads, mixer.head_dim, c.window,
-                    device=cache.keys.device, dtype=cache.keys.dtype,
-                )  # fmt: skip
-        return state
 
 
 # -- converter from transformers' Cohere2 -------------------------------------------------------------------------

@@ -99,3 +99,19 @@ def test_bad_arguments_are_named() -> None:
         cache.update_and_fetch(torch.zeros(B, HK + 1, 2, D), torch.zeros(B, HK + 1, 2, D), torch.arange(2))
     with pytest.raises(ValueError, match="positions"):
         cache.update(torch.zeros(B, HK, 2, D), torch.zeros(B, HK, 2, D), torch.arange(3))
+
+
+def test_ring_cache_attention_starts_its_own_ring() -> None:
+    # ring_cache=True: init_state gives the constant-size ring whatever max_len asks, and decoding from it equals
+    # the windowed forward; without a causal window the flag is refused by name.
+    torch.manual_seed(0)
+    attn = Attention(16, 4, n_kv_heads=HK, window=W, rope=RotaryEmbedding(4), ring_cache=True).eval()
+    cache = attn.init_state(B, max_len=64)
+    assert isinstance(cache, SlidingWindowKVCache) and cache.window == W and cache.keys.shape == (B, HK, W + 1, D)
+    x = torch.randn(B, 7, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert_close(_step_all(attn, x, [3, 1, 1, 2], cache), attn(x), FP32)
+    with pytest.raises(ValueError, match="ring_cache=True needs a causal window"):
+        Attention(16, 4, ring_cache=True)
+    with pytest.raises(ValueError, match="causal=False"):
+        Attention(16, 4, window=W, causal=False, ring_cache=True)

@@ -37,7 +37,6 @@ from torch import nn
 from edifice.blocks.attention import Attention
 from edifice.blocks.backbone import SequenceBackbone
 from edifice.blocks.ffn import GatedFeedForward
-from edifice.blocks.kv_cache import SlidingWindowKVCache
 from edifice.blocks.norms import get_norm
 from edifice.blocks.rope import RotaryEmbedding
 from edifice.blocks.transformer import TransformerBlock
@@ -70,23 +69,7 @@ class SlidingWindowAttention(Attention):
             causal=True,
             window=window,
             rope=RotaryEmbedding(head_dim, base=rope_theta),
-        )
-
-    def init_state(
-        self,
-        batch_size: int,
-        *,
-        max_len: int | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> SlidingWindowKVCache:
-        """A ring buffer of ``window`` key/value slots (``max_len`` is not needed: the size never changes)."""
-        weight = self.k_proj.weight
-        device = weight.device if device is None else device
-        dtype = weight.dtype if dtype is None else dtype
-        assert self.window is not None
-        return SlidingWindowKVCache.empty(
-            batch_size, self.n_kv_heads, self.head_dim, self.window, device=device, dtype=dtype
+            ring_cache=True,
         )
 
 

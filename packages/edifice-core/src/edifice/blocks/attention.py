@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from edifice import ops
-from edifice.blocks.kv_cache import DynamicKVCache, KVCache, StaticKVCache
+from edifice.blocks.kv_cache import DynamicKVCache, KVCache, SlidingWindowKVCache, StaticKVCache
 from edifice.blocks.norms import get_norm
 from edifice.blocks.rope import RotaryEmbedding, apply_rotary
 
@@ -150,6 +150,7 @@ class Attention(_MultiHeadAttention):
         softcap: float | None = None,
         dropout: float = 0.0,
         scale: float | None = None,
+        ring_cache: bool = False,
     ) -> None:
         super().__init__(
             d_model,
@@ -168,9 +169,13 @@ class Attention(_MultiHeadAttention):
             raise ValueError(f"Attention: window must be > 0, got {window}")
         if rope is not None and rope.head_dim != self.head_dim:
             raise ValueError(f"Attention: rope.head_dim={rope.head_dim} must equal head_dim={self.head_dim}")
+        if ring_cache and (window is None or not causal):
+            raise ValueError(f"Attention: ring_cache=True needs a causal window, got {window=}, {causal=}")
         self.causal = causal
         self.window = window
         self.rope = rope
+        #: ``init_state`` gives a constant-size ring of ``window`` slots (:class:`SlidingWindowKVCache`).
+        self.ring_cache = ring_cache
 
     def forward(
         self,
@@ -243,10 +248,16 @@ class Attention(_MultiHeadAttention):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> KVCache:
-        """An empty KV cache: a :class:`StaticKVCache` of ``max_len`` slots, or a :class:`DynamicKVCache` if None."""
+        """An empty KV cache: a ring of ``window`` slots (``ring_cache``, any ``max_len``), a :class:`StaticKVCache` of
+        ``max_len`` slots, or a :class:`DynamicKVCache` if ``max_len`` is None."""
         weight = self.k_proj.weight
         device = weight.device if device is None else device
         dtype = weight.dtype if dtype is None else dtype
+        if self.ring_cache:
+            assert self.window is not None
+            return SlidingWindowKVCache.empty(
+                batch_size, self.n_kv_heads, self.head_dim, self.window, device=device, dtype=dtype
+            )
         if max_len is None:
             return DynamicKVCache.empty(batch_size, self.n_kv_heads, self.head_dim, device=device, dtype=dtype)
         return StaticKVCache.empty(batch_size, self.n_kv_heads, self.head_dim, max_len, device=device, dtype=dtype)
