@@ -43,10 +43,7 @@ STATEFUL = edifice.list_architectures(causal=True, stateful=True)
 
 #: Entries known not to hold at T_LONG, with what fails: each case is a strict xfail, so a fix turns it red until
 #: the entry leaves this list (docs/reliability.md tracks them).
-KNOWN_LONG_SEQUENCE_FAILURES = {
-    "miras": "NaN gradients from T = 2048 (fp32 too): the backward of its chunked test-time gradient descent "
-    "overflows (MulBackward0 in memory_gd's gradient factors) while the forward stays finite",
-}
+KNOWN_LONG_SEQUENCE_FAILURES: dict[str, str] = {}
 
 
 def _cases(names: list[str], known: Mapping[str, str] | None = None) -> list[Any]:

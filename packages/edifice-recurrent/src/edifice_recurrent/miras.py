@@ -37,9 +37,17 @@ Initialisation (not given by the paper): linear weights ``N(0, 0.02²)``; the me
 scaling: q and k have unit norm, and with smaller weights the memory's inner LayerNorm sees a near-constant input and
 amplifies every step); Memora's logits ``A_0 ~ N(0, 1)``, so that ``c·softmax(A_0)`` is not the degenerate uniform
 memory; Moneta's ``A_0`` rescaled to ``‖A_0‖_q = 1`` per head, so that ``W_0 = A_0`` and the normaliser starts at 1
-(rather than multiplying the first steps by ``‖A_0‖_q^{2-q}``); gate biases ``η: σ(0)``, ``α: σ(4) ≈ 0.98`` (strong
-retention), ``δ: softplus⁻¹(1)``; ``memory_lr = 0.1`` (at 1 the ℓ_p and Huber memories take steps as large as their
-weights at initialisation, and the untrained model is chaotic).
+(rather than multiplying the first steps by ``‖A_0‖_q^{2-q}``); gate biases ``η: σ(-3) ≈ 0.047``, ``α: σ(4) ≈ 0.98``
+(strong retention; Moneta ``σ(7) ≈ 0.999``), ``δ: softplus⁻¹(1)``; ``memory_lr = 0.1`` (at 1 the ℓ_p and Huber
+memories take steps as large as their weights at initialisation, and the untrained model is chaotic).
+
+The two gate biases keep the untrained inner optimisation stable over long sequences, where a chaotic one leaves the
+forward pass finite but makes the backward through thousands of inner steps grow geometrically (measured on the tiny
+config, fp32, gradient at the first input of a loss on every output: Yaad at ``η: σ(0)`` reaches 1e10 at T = 256 and
+NaN by T = 1024). Yaad's ℓ₁ branch takes steps of constant size ``η δ`` that never shrink as the memory fits, so the
+step must start small: ``σ(-3)`` (the learnable gate can still raise it to ``memory_lr / head_dim``). Moneta's read-out
+``A / ‖A‖_q^{q-2}`` grows as retention shrinks ``A`` (``q = 4``: ``W ∝ 1/‖A‖``), so it starts at ``α ≈ 0.999``
+(at 0.98 its gradient reaches NaN by T = 1536). Both hold at T = 4096 in bf16 (``tests/test_numerics.py``).
 
 Deviations: the gates are per-head scalars (the paper's are channel-wise through low-rank projections);
 ``momentum=True`` adds the "GD with momentum" learning algorithm the framework allows but none of the three models
@@ -71,8 +79,10 @@ from edifice_recurrent.configs.miras import VARIANTS, MirasConfig
 
 __all__ = ["Miras", "MirasLayer", "MirasState"]
 
-#: Initial bias of the retention gate: α = σ(4) ≈ 0.982.
-RETAIN_BIAS = 4.0
+#: Initial bias of the learning-rate gate: η = memory_lr σ(-3) / head_dim ≈ 0.047 memory_lr / head_dim (module doc).
+LR_BIAS = -3.0
+#: Initial bias of the retention gate: α = σ(4) ≈ 0.982; Moneta σ(7) ≈ 0.999, as its ℓ_q read-out amplifies decay.
+RETAIN_BIAS = {"moneta": 7.0, "yaad": 4.0, "memora": 4.0}
 #: Standard deviation of Memora's initial logits A_0: W_0 = c·softmax(A_0) is then a random column-stochastic
 #: matrix; near-zero logits would give the uniform one, whose hidden units are all equal.
 MEMORA_LOGIT_STD = 1.0
@@ -148,13 +158,14 @@ class MirasLayer(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Gate biases ``η: 0``, ``α: RETAIN_BIAS``, ``momentum: 0``, ``δ: softplus⁻¹(1)``; the memory's own init
+        """Gate biases ``η: LR_BIAS``, ``α: RETAIN_BIAS``, ``momentum: 0``, ``δ: softplus⁻¹(1)``; the memory's own init
         (Moneta: rescaled to unit ℓ_q norm)."""
         H = self.n_heads
         with torch.no_grad():
             bias = self.gate_proj.bias
             bias.zero_()
-            bias[H : 2 * H] = RETAIN_BIAS
+            bias[:H] = LR_BIAS
+            bias[H : 2 * H] = RETAIN_BIAS[self.variant]
             if self.variant == "yaad":
                 bias[3 * H :] = inverse_softplus(1.0)
         self.memory.reset_parameters()
