@@ -267,6 +267,9 @@ def test_generalized_splitting_and_low_precision(relative_l2: Any) -> None:
     half, S_half = ops.generalized_delta_rule(*(x.bfloat16() for x in (q, k, v, a, b, g)), initial_state=h0)
     assert half.dtype == torch.bfloat16 and S_half.dtype == torch.float32
     assert relative_l2(half, whole) <= 2e-2 and relative_l2(S_half, S) <= 2e-2
+    # One position (the recurrent form, a decoding step) returns o in the inputs' dtype too.
+    one, S_one = ops.generalized_delta_rule(*(x[:, :1].bfloat16() for x in (q, k, v, a, b, g)), initial_state=h0)
+    assert one.dtype == torch.bfloat16 and S_one.dtype == torch.float32
 
 
 @pytest.mark.parametrize(

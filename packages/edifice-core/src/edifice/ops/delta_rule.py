@@ -254,7 +254,7 @@ def _recurrent(
     """The generalized rule one step at a time on whole ``[K, V]`` states (the decoding form)."""
     B, T, H, K = q.shape
     V = v.shape[-1]
-    work = torch.float32
+    work, out_dtype = torch.float32, v.dtype
     q, k, v, a, b, g = (x.to(work) for x in (q, k, v, a, b, g))
     S = q.new_zeros(B, H, K, V) if initial_state is None else initial_state.to(work)
     outs = []
@@ -262,7 +262,7 @@ def _recurrent(
         removed = a[:, t, :, None, :] @ S  # a_tᵀ S_{t-1}, (B, H, 1, V)
         S = g[:, t, :, :, None].exp() * S + b[:, t, :, :, None] * removed + k[:, t, :, :, None] * v[:, t, :, None, :]
         outs.append((scale * q[:, t, :, None, :] @ S).squeeze(-2))  # Sᵀ q, (B, H, V)
-    return torch.stack(outs, 1).to(v.dtype), S
+    return torch.stack(outs, 1).to(out_dtype), S  # o in the caller's v dtype, as the chunked form returns it
 
 
 def _delta_as_generalized(
