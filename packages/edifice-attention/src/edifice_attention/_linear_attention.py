@@ -85,6 +85,7 @@ class LinearAttentionMixer(nn.Module):
         self.n_heads, self.head_k_dim, self.head_v_dim = c.n_heads, c.head_k_dim, c.head_v_dim
         self.chunk_size = c.chunk_size
         self.state_v_dim = c.head_v_dim  # columns of the matrix state (an entry may carry more, e.g. a normaliser)
+        self.state_k_dim = c.head_k_dim  # rows of the matrix state (a feature map may change the key width)
         key_dim, value_dim = c.n_heads * c.head_k_dim, c.n_heads * c.head_v_dim
         self.q_proj = nn.Linear(c.d_model, key_dim, bias=False)
         self.k_proj = nn.Linear(c.d_model, key_dim, bias=False)
@@ -148,7 +149,9 @@ class LinearAttentionMixer(nn.Module):
         """Zero conv histories (in ``dtype``) and a zero fp32 state; constant size, so ``max_len`` is not needed."""
         device = self.o_proj.weight.device if device is None else device
         conv = [c.init_state(batch_size, device=device, dtype=dtype) for c in self._convs()]
-        S = torch.zeros(batch_size, self.n_heads, self.head_k_dim, self.state_v_dim, device=device, dtype=torch.float32)
+        S = torch.zeros(
+            batch_size, self.n_heads, self.state_k_dim, self.state_v_dim, device=device, dtype=torch.float32
+        )
         return LinearAttentionState(conv=conv, recurrent=S)
 
     # -- forward ----------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ parameter-free feature map.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -46,7 +47,13 @@ from edifice_attention._linear_attention import (
 )
 from edifice_attention.configs.linear_transformer import LinearTransformerConfig
 
-__all__ = ["EluPlusOne", "LinearTransformer", "NormalizedLinearAttention", "from_fla"]
+__all__ = [
+    "EluPlusOne",
+    "LinearTransformer",
+    "NormalizedLinearAttention",
+    "fla_linear_attention_parts",
+    "from_fla",
+]
 
 #: fla's parameter-free feature maps and this entry's names for them (its learned maps are other mechanisms).
 _FLA_FEATURE_MAPS = {"elu": "elu_plus_one", "relu": "relu", "identity": "identity"}
@@ -116,36 +123,48 @@ class LinearTransformer(LinearAttentionBackbone):
         return get_ffn("mlp", c.d_model, c.ffn_hidden, activation=c.ffn_activation)
 
 
-def from_fla(source: Any, **overrides: Any) -> LinearTransformer:
-    """Convert fla's ``LinearAttentionForCausalLM`` (a model or ``(config, state_dict)``) to ``linear_transformer``.
+def fla_linear_attention_parts(
+    source: Any, feature_maps: Mapping[str, str], width: Callable[[str, int], int]
+) -> tuple[Any, dict[str, Any], dict[str, Tensor]]:
+    """``(fla config, config fields, mapped weights)`` of fla's ``LinearAttentionForCausalLM`` (model or pair).
 
-    fla's model is pre-norm RMSNorm blocks with SwiGLU and a per-head RMSNorm read-out; its normaliser
-    (``norm_feature_map``) divides by ``scale·φ(q)ᵀz + 1e-10``, which is ours with ``eps = 1e-10·sqrt(d_k)``.
+    ``feature_maps`` maps fla's feature-map names to the entry's (others raise); ``width(name, d_k)`` is the mapped
+    width ``d_φ``. fla's model is pre-norm RMSNorm blocks with SwiGLU and a per-head RMSNorm read-out; its normaliser
+    (``norm_feature_map``) divides by ``scale·φ(q)ᵀz + 1e-10`` with ``scale = d_φ^-1/2``, which is ours (scale 1)
+    with ``eps = 1e-10·sqrt(d_φ)``.
     """
     hf, state_dict = fla_source(source, "LinearAttention")
     feature_map = fla_get(hf, "feature_map", "elementwise_product")
-    if feature_map not in _FLA_FEATURE_MAPS:
+    if feature_map not in feature_maps:
         raise CheckpointError(
             f"LinearAttention converter: feature_map={feature_map!r} is not supported by this model "
-            f"(parameter-free maps only: {', '.join(_FLA_FEATURE_MAPS)})"
+            f"(supported: {', '.join(feature_maps)})"
         )
     for name in ("norm_q", "norm_k"):
         if fla_get(hf, name, False):
             raise CheckpointError(f"LinearAttention converter: {name}=True is not supported by this model")
     fields = fla_config_fields(hf, "LinearAttention")
-    normalize = bool(fla_get(hf, "norm_feature_map", False))
     head_k_dim = round(fields["d_model"] * fields["expand_k"]) // fields["n_heads"]
     fields |= {
-        "feature_map": _FLA_FEATURE_MAPS[feature_map],
-        "normalize": normalize,
-        "normalizer_eps": 1e-10 * head_k_dim**0.5,
+        "feature_map": feature_maps[feature_map],
+        "normalize": bool(fla_get(hf, "norm_feature_map", False)),
+        "normalizer_eps": 1e-10 * width(feature_maps[feature_map], head_k_dim) ** 0.5,
         "use_output_gate": False,
         "output_norm": "rmsnorm",
         "norm_position": "pre",
     }
-    config = LinearTransformerConfig(**{**fields, **overrides})
     weights = {
         key.replace(".mixer.norm.", ".mixer.o_norm."): value for key, value in map_fla_state_dict(state_dict).items()
     }
+    return hf, fields, weights
+
+
+def from_fla(source: Any, **overrides: Any) -> LinearTransformer:
+    """Convert fla's ``LinearAttentionForCausalLM`` (a model or ``(config, state_dict)``) to ``linear_transformer``.
+
+    Parameter-free feature maps only (:func:`fla_linear_attention_parts` gives the mapping).
+    """
+    _, fields, weights = fla_linear_attention_parts(source, _FLA_FEATURE_MAPS, lambda name, d_k: d_k)
+    config = LinearTransformerConfig(**{**fields, **overrides})
     model: LinearTransformer = load_fla(LinearTransformer, config, weights)
     return model
