@@ -40,7 +40,8 @@ __all__ = ["FNet", "FourierMixer", "fourier_mix", "from_fnet"]
 
 def fourier_mix(x: Tensor) -> Tensor:
     """Eq. (3): ``Re(F_seq(F_hidden(x)))`` for ``x [B, T, d]``, computed in fp32 (fp64 for fp64) and cast back."""
-    return torch.fft.fft2(x.to(compute_dtype(x)), dim=(-2, -1)).real.to(x.dtype)
+    mixed: Tensor = torch.fft.fft2(x.to(compute_dtype(x)), dim=(-2, -1)).real
+    return mixed.to(x.dtype)
 
 
 class FourierMixer(nn.Module):

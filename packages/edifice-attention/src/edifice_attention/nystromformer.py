@@ -66,7 +66,8 @@ class NystromAttention(nn.Module):
 
     def _heads(self, proj: nn.Linear, x: Tensor) -> Tensor:
         B, T, _ = x.shape
-        return proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        heads: Tensor = proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        return heads
 
     def forward(
         self, x: Tensor, *, mask: Tensor | None = None, positions: Tensor | None = None, state: Any = None

@@ -144,7 +144,7 @@ class Perceiver(Model):
     def forward(self, x: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """``x [B, T, d_in]`` -> latents ``[B, num_latents, d_model]`` (or outputs ``[B, num_outputs, d_out]``)."""
         self.check_inputs(x=x, attention_mask=attention_mask)
-        z = self.latents.expand(x.shape[0], -1, -1)
+        z: Tensor = self.latents.expand(x.shape[0], -1, -1)
         z = self.encoder(z, x, attention_mask)
         for _ in range(self.config.num_blocks):
             for layer in self.layers:

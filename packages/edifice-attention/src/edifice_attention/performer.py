@@ -72,8 +72,9 @@ def orthogonal_gaussian(
     blocks = torch.randn(math.ceil(m / d), d, d, generator=generator, dtype=torch.float64)
     q, r = torch.linalg.qr(blocks)  # (n, d, d), one independent orthogonal block each
     q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[:, None, :]  # Haar (QR alone biases the columns' signs)
-    rows = q.transpose(-1, -2).reshape(-1, d)[:m]  # (m, d): each block's rows orthonormal
-    return (rows * gaussian.norm(dim=-1, keepdim=True)).to(dtype)  # each row's length as a Gaussian vector's
+    rows: Tensor = q.transpose(-1, -2).reshape(-1, d)[:m]  # (m, d): each block's rows orthonormal
+    scaled: Tensor = (rows * gaussian.norm(dim=-1, keepdim=True)).to(dtype)  # each row as long as a Gaussian vector
+    return scaled
 
 
 def favor_features(x: Tensor, w: Tensor, *, shift: str) -> Tensor:
@@ -94,6 +95,9 @@ def favor_features(x: Tensor, w: Tensor, *, shift: str) -> Tensor:
 
 class FavorAttention(nn.Module):
     """Multi-head FAVOR+ attention, bidirectional or causal (the sequence-mixer protocol)."""
+
+    features: Tensor
+    calls: Tensor
 
     def __init__(self, config: PerformerConfig) -> None:
         super().__init__()
@@ -138,7 +142,8 @@ class FavorAttention(nn.Module):
 
     def _heads(self, proj: nn.Linear, x: Tensor) -> Tensor:
         B, T, _ = x.shape
-        return proj(x).view(B, T, self.n_heads, self.head_dim)  # (B, T, H, D)
+        heads: Tensor = proj(x).view(B, T, self.n_heads, self.head_dim)  # (B, T, H, D)
+        return heads
 
     def forward(
         self, x: Tensor, *, mask: Tensor | None = None, positions: Tensor | None = None, state: FavorState | None = None
@@ -205,7 +210,8 @@ class Performer(MixerStackBackbone):
             return h
         if positions is None:
             positions = torch.arange(h.shape[1], device=h.device)
-        return h + self.position_embedding(positions.clamp_min(0))
+        out: Tensor = h + self.position_embedding(positions.clamp_min(0))
+        return out
 
     def redraw_features(self, generator: torch.Generator | None = None) -> None:
         """Redraw every layer's random features (§4.2)."""
