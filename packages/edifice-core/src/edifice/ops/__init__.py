@@ -30,15 +30,19 @@ from edifice.ops._registry import (
     use,
 )
 from edifice.ops.attention import sdpa
+from edifice.ops.attention_variants import variant_attention
+from edifice.ops.block_sparse_attention import block_sparse_attention
 from edifice.ops.conv import causal_conv1d, causal_conv1d_state
 from edifice.ops.delta_rule import delta_rule, gated_delta_rule, generalized_delta_rule
 from edifice.ops.linear_attention import gated_linear_attention, linear_attention
+from edifice.ops.log_linear_attention import log_linear_attention
 from edifice.ops.log_scan import log_scan
 from edifice.ops.long_conv import long_conv
 from edifice.ops.memory_gd import memory_gd
 from edifice.ops.mimo_ssd import mimo_ssd
 from edifice.ops.mlstm import mlstm
 from edifice.ops.norm import rms_norm
+from edifice.ops.nystrom_attention import nystrom_attention
 from edifice.ops.recurrence import linear_recurrence
 from edifice.ops.selective_scan import selective_scan
 from edifice.ops.ssd import ssd
@@ -47,6 +51,7 @@ __all__ = [
     "Implementation",
     "Op",
     "OpWarning",
+    "block_sparse_attention",
     "causal_conv1d",
     "causal_conv1d_state",
     "delta_rule",
@@ -57,6 +62,7 @@ __all__ = [
     "implementations",
     "linear_attention",
     "linear_recurrence",
+    "log_linear_attention",
     "log_scan",
     "long_conv",
     "memory_gd",
@@ -64,6 +70,7 @@ __all__ = [
     "mlstm",
     "mode",
     "names",
+    "nystrom_attention",
     "rms_norm",
     "sdpa",
     "selected",
@@ -71,4 +78,5 @@ __all__ = [
     "ssd",
     "swap",
     "use",
+    "variant_attention",
 ]

@@ -23,11 +23,13 @@ import torch.nn.functional as F
 
 __all__ = [
     "MUTATIONS",
+    "all_blocks_attention",
     "circular_long_conv",
     "delta_rule_without_erase",
     "exclusive_linear_attention",
     "gated_linear_attention_without_decay",
     "generalized_delta_rule_without_removal",
+    "log_linear_attention_without_levels",
     "memory_gd_without_update",
     "mimo_ssd_without_decay",
     "mlstm_without_forget",
@@ -35,10 +37,12 @@ __all__ = [
     "no_decay_log_scan",
     "no_decay_recurrence",
     "no_decay_selective_scan",
+    "nystrom_as_softmax_attention",
     "ssd_without_decay",
     "stateless_causal_conv1d",
     "unmasked_sdpa",
     "unnormalized_rms_norm",
+    "variant_as_softmax_attention",
 ]
 
 
@@ -54,6 +58,47 @@ def unmasked_sdpa(
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     scores = (q.float() @ k.float().transpose(-1, -2)) * scale  # (B, Hq, Tq, Tk)
     return (scores.softmax(dim=-1) @ v.float()).to(q.dtype)
+
+
+def variant_as_softmax_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = False,
+    window: int | None = None,
+    attn_mask: torch.Tensor | None = None,
+    q_positions: torch.Tensor | None = None,
+    k_positions: torch.Tensor | None = None,
+    scale: float | None = None,
+    **ignored: Any,
+) -> torch.Tensor:
+    """``variant_attention`` collapsed to plain softmax attention: no sigmoid/softpick, gate bias, logit bias or exp(V).
+
+    Masking and GQA are kept, so only the variant's own mechanism is lost. Shapes as ``ops.sdpa``.
+    """
+    from edifice.ops.attention import sdpa_reference
+
+    return sdpa_reference(
+        q,
+        k,
+        v,
+        causal=causal,
+        window=window,
+        attn_mask=attn_mask,
+        q_positions=q_positions,
+        k_positions=k_positions,
+        scale=scale,
+    )
+
+
+def all_blocks_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: torch.Tensor, *, block_size: int, **kwargs: Any
+) -> torch.Tensor:
+    """``block_sparse_attention`` ignoring the selection: dense attention under the same causal and padding masks."""
+    from edifice.ops.attention import sdpa_reference
+
+    return sdpa_reference(q, k, v, **kwargs)
 
 
 def no_decay_recurrence(
@@ -257,6 +302,26 @@ def circular_long_conv(
     return y.to(u.dtype)
 
 
+def log_linear_attention_without_levels(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, level_scales: torch.Tensor, **kwargs: Any
+) -> Any:
+    """Log-linear attention with every level weight ``λ = 1``: the Fenwick hierarchy gone, plain Mamba-2 attention.
+
+    q, k ``[B, T, H, K]``, v ``[B, T, H, V]``, g ``[B, T, H]``, level_scales ``[B, T, H, L]`` -> ``(o, state)``.
+    """
+    from edifice.ops.log_linear_attention import log_linear_attention_reference
+
+    return log_linear_attention_reference(q, k, v, g, torch.ones_like(level_scales), **kwargs)
+
+
+def nystrom_as_softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **ignored: Any) -> torch.Tensor:
+    """Exact softmax attention ``softmax(q kᵀ) v`` in place of the Nyström approximation (no landmarks, no pinv).
+
+    q, k ``[B, H, T, D]`` (already scaled), v ``[B, H, T, Dv]`` -> ``[B, H, T, Dv]``.
+    """
+    return ((q.float() @ k.float().transpose(-1, -2)).softmax(dim=-1) @ v.float()).to(v.dtype)
+
+
 #: The ready-made wrong implementation of each op, used when ``mutate_op`` is given none.
 MUTATIONS: dict[str, Callable[..., torch.Tensor]] = {
     "mlstm": mlstm_without_forget,
@@ -266,6 +331,8 @@ MUTATIONS: dict[str, Callable[..., torch.Tensor]] = {
     "gated_linear_attention": gated_linear_attention_without_decay,
     "generalized_delta_rule": generalized_delta_rule_without_removal,
     "sdpa": unmasked_sdpa,
+    "variant_attention": variant_as_softmax_attention,
+    "block_sparse_attention": all_blocks_attention,
     "ssd": ssd_without_decay,
     "mimo_ssd": mimo_ssd_without_decay,
     "linear_recurrence": no_decay_recurrence,
@@ -273,8 +340,10 @@ MUTATIONS: dict[str, Callable[..., torch.Tensor]] = {
     "rms_norm": unnormalized_rms_norm,
     "causal_conv1d": stateless_causal_conv1d,
     "long_conv": circular_long_conv,
+    "log_linear_attention": log_linear_attention_without_levels,
     "selective_scan": no_decay_selective_scan,
     "memory_gd": memory_gd_without_update,
+    "nystrom_attention": nystrom_as_softmax_attention,
 }
 
 
