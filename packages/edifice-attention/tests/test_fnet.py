@@ -98,7 +98,7 @@ def test_converter_rejects_unknown_keys_and_bad_sources() -> None:
 
 def test_bad_config_and_mask_raise() -> None:
     with pytest.raises(ValueError, match="max_len"):
-        edifice.config("fnet", max_len=0)
+        edifice.config("fnet", max_len=4)
     model = edifice.build("fnet", d_model=8, n_layers=1)
     with pytest.raises(ValueError, match="attention_mask"):
         model.layers[0].mixer(torch.zeros(1, 3, 8), mask=torch.ones(1, 3, dtype=torch.bool))

@@ -16,7 +16,10 @@ from edifice import ArchSpec, Paper, field
 from edifice.sequence import sequence_inputs, sequence_outputs
 from edifice_attention.configs._linear_attention import MixerStackConfig
 
-__all__ = ["EncoderConfig", "encoder_spec"]
+__all__ = ["MIN_POSITIONS", "EncoderConfig", "encoder_spec"]
+
+#: Smallest accepted position table (edifice's example and fuzz sequences have 8 positions).
+MIN_POSITIONS = 8
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -42,6 +45,8 @@ class EncoderConfig(MixerStackConfig):
         """A positive position table and a known activation."""
         super().validate()
         self.check_positive("max_len")
+        if self.max_len < MIN_POSITIONS:
+            self.fail("max_len", f"must be >= {MIN_POSITIONS}: the learned position table bounds the sequence length")
         self.check_activation("activation")
 
     def default_d_ff(self) -> int:

@@ -9,6 +9,7 @@ from typing import ClassVar
 
 from edifice import ArchSpec, Paper, field
 from edifice.sequence import sequence_inputs, sequence_outputs
+from edifice_attention.configs._encoder import MIN_POSITIONS
 from edifice_attention.configs._linear_attention import MixerStackConfig
 
 __all__ = ["SPECS", "PerformerConfig"]
@@ -46,6 +47,8 @@ class PerformerConfig(MixerStackConfig):
         super().validate()
         self.check_positive("n_heads", "num_features", "feature_redraw_interval", "max_len")
         self.check_divides("n_heads", "d_model")
+        if self.max_len is not None and self.max_len < MIN_POSITIONS:
+            self.fail("max_len", f"must be >= {MIN_POSITIONS} or None: the learned position table bounds the length")
 
     def default_d_ff(self) -> int:
         """4 · d_model."""
