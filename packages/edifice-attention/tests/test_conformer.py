@@ -4,8 +4,8 @@ Parity: ``from_wav2vec2_conformer`` maps a tiny random ``Wav2Vec2ConformerModel`
 biases and BatchNorm statistics so that none is the identity) to a model whose output on the encoder's input
 features equals ``encoder(...).last_hidden_state`` (fp32, 1e-5). Replacing the convolution module, the macaron halves
 or the rotary positions breaks it (tests below). The ``sdpa`` mutation (attention ignoring masks and positions)
-is equivalent here -- the encoder's attention is unmasked and applies its rotation itself -- so it survives; the
-mechanism-removal test stands in for it.
+breaks only the padded parity (the attention applies its rotation itself); the mechanism-removal test covers the
+convolution module, the macaron halves and the positions.
 """
 
 from __future__ import annotations
@@ -58,18 +58,27 @@ def features(batch: int = 3) -> torch.Tensor:
     return torch.randn(batch, T, D, generator=torch.Generator().manual_seed(2))
 
 
-def max_error(hf: Wav2Vec2ConformerModel, ours: torch.nn.Module | None = None) -> float:
+def max_error(hf: Wav2Vec2ConformerModel, ours: torch.nn.Module | None = None, padded: bool = False) -> float:
     ours = from_wav2vec2_conformer(hf).eval() if ours is None else ours
     x = features()
+    mask = None
+    if padded:
+        mask = torch.ones(3, T, dtype=torch.bool)
+        mask[1, 7:] = False
+        mask[2, 4:] = False
     with torch.no_grad():
-        want = hf.encoder(x.clone()).last_hidden_state
-        got = ours(x=x)
+        want = hf.encoder(x.clone(), attention_mask=mask).last_hidden_state
+        got = ours(x=x, attention_mask=mask)
     return float((got - want).abs().max())
 
 
-@signature("conformer")
 def test_from_wav2vec2_conformer_matches_transformers() -> None:
     assert max_error(tiny_hf()) < TOL
+
+
+@signature("conformer")
+def test_matches_transformers_with_a_padding_mask() -> None:
+    assert max_error(tiny_hf(), padded=True) < TOL
 
 
 def test_matches_transformers_without_positions_and_from_the_encoder() -> None:

@@ -19,7 +19,9 @@ of transformers' (and fairseq's) Wav2Vec2-Conformer, which rotates each head's s
 projections (values read the unrotated input) -- so the score is not exactly a function of ``i - j`` as in
 RoFormer; ``position_embeddings='none'`` drops it. The subsampling front end (conv2d ×2, §2) and the decoder are
 outside the encoder; the model takes features ``[B, T, d_in]`` (a linear projection to ``d_model`` when ``d_in`` is
-set). No padding mask: the depthwise convolution and BatchNorm read padded positions. Initialisation: normal(0,
+set). ``attention_mask`` follows transformers: padded input frames are zeroed and hidden from attention as keys, but
+the depthwise convolution reads padded frames, so valid outputs depend on the padding (not variable-length exact;
+the paper is silent). Initialisation: normal(0,
 ``init_std``) linears with zero biases (the paper does not give one).
 """
 
@@ -70,15 +72,16 @@ class ConformerAttention(nn.Module):
         B, T, _ = h.shape
         return h.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``x [B, T, d_model] -> [B, T, d_model]``."""
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """``x [B, T, d_model] -> [B, T, d_model]``; ``mask [B, T]`` (True = valid) hides padded keys."""
         B, T, _ = x.shape
         qk_in = x
         if self.rotary is not None:  # rotate the input's head slices, then project (Wav2Vec2-Conformer's form)
             cos, sin = self.rotary(torch.arange(T, device=x.device))
             qk_in = apply_rotary(self._heads(x), cos, sin).transpose(1, 2).reshape(B, T, -1)
         q, k, v = self._heads(self.q_proj(qk_in)), self._heads(self.k_proj(qk_in)), self._heads(self.v_proj(x))
-        out = ops.sdpa(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        attn_mask = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, T) key padding
+        out = ops.sdpa(q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0)
         y: Tensor = self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
         return y
 
@@ -115,9 +118,10 @@ class ConformerConvModule(nn.Module):
 class ConformerBlock(nn.Module):
     """``x + ½FFN``, ``+ MHSA``, ``+ Conv``, ``+ ½FFN``, LayerNorm (eq. 1); the layer protocol, no state."""
 
-    def __init__(self, config: ConformerConfig, ffn: nn.Module, ffn_2: nn.Module) -> None:
+    def __init__(self, config: ConformerConfig, ffn: nn.Module, ffn_2: nn.Module, *, first: bool = False) -> None:
         super().__init__()
         c = config
+        self.first = first
         self.ffn1_norm = get_norm(c.norm, c.d_model, eps=c.norm_eps)
         self.ffn1 = ffn
         self.attn_norm = get_norm(c.norm, c.d_model, eps=c.norm_eps)
@@ -129,11 +133,12 @@ class ConformerBlock(nn.Module):
         self.dropout = nn.Dropout(c.dropout)
 
     def forward(self, x: Tensor, *, mask: Tensor | None = None, positions: Tensor | None = None) -> Tensor:
-        """``x [B, T, d_model] -> [B, T, d_model]``; the encoder takes no mask and no state."""
-        if mask is not None:
-            raise ValueError("ConformerBlock: the depthwise convolution and BatchNorm read padding; no attention_mask")
+        """``x [B, T, d_model] -> [B, T, d_model]``; ``mask [B, T]`` as transformers: the first block zeroes padded
+        frames, attention ignores padded keys, and the depthwise convolution still reads padded frames."""
+        if mask is not None and self.first:
+            x = x * mask[..., None].to(x.dtype)
         x = x + 0.5 * self.dropout(self.ffn1(self.ffn1_norm(x)))
-        x = x + self.dropout(self.attn(self.attn_norm(x)))
+        x = x + self.dropout(self.attn(self.attn_norm(x), mask))
         x = x + self.conv(x)
         x = x + 0.5 * self.dropout(self.ffn2(self.ffn2_norm(x)))
         y: Tensor = self.final_norm(x)
@@ -148,7 +153,7 @@ class Conformer(MixerStackBackbone):
 
     def build_layer(self, index: int) -> nn.Module:
         """One Conformer block with its two half-step FFNs."""
-        return ConformerBlock(self.config, self.build_ffn(), self.build_ffn())
+        return ConformerBlock(self.config, self.build_ffn(), self.build_ffn(), first=index == 0)
 
     def build_ffn(self) -> nn.Module:
         """The Swish MLP (or a gated kind) with the configured activation and dropout."""

@@ -65,8 +65,6 @@ class ConformerConfig(MixerStackConfig):
         return 4 * self.d_model
 
 
-_INPUTS = {k: v for k, v in sequence_inputs().items() if k != "attention_mask"}
-
 SPECS = (
     ArchSpec(
         name="conformer",
@@ -76,7 +74,7 @@ SPECS = (
         paper=GULATI,
         config="edifice_attention.configs.conformer:ConformerConfig",
         model="edifice_attention.conformer:Conformer",
-        inputs=_INPUTS,
+        inputs=sequence_inputs(),
         outputs=sequence_outputs(),
         causal=False,
         stateful=False,
@@ -84,7 +82,8 @@ SPECS = (
         reasons={
             "causal": "bidirectional encoder: attention and the centred depthwise convolution read both directions",
             "stateful": "bidirectional encoder: there is no left-to-right decoding state",
-            "variable_length": "the depthwise convolution and BatchNorm read padded positions, so no attention_mask",
+            "variable_length": "as in transformers, padded frames enter the depthwise convolution: valid outputs "
+            "depend on the padding (attention_mask only zeroes the input frames and hides padded keys)",
         },
         tiny={"d_model": 16, "n_layers": 2, "n_heads": 2, "d_ff": 32, "d_in": 6, "conv_kernel_size": 3},
         verification="parity:transformers.Wav2Vec2ConformerModel",
