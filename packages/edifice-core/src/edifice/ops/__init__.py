@@ -41,6 +41,7 @@ from edifice.ops.long_conv import long_conv
 from edifice.ops.memory_gd import memory_gd
 from edifice.ops.mimo_ssd import mimo_ssd
 from edifice.ops.mlstm import mlstm
+from edifice.ops.multi_token_attention import multi_token_attention
 from edifice.ops.norm import rms_norm
 from edifice.ops.nystrom_attention import nystrom_attention
 from edifice.ops.recurrence import linear_recurrence
@@ -69,6 +70,7 @@ __all__ = [
     "mimo_ssd",
     "mlstm",
     "mode",
+    "multi_token_attention",
     "names",
     "nystrom_attention",
     "rms_norm",

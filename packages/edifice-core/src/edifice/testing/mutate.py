@@ -33,6 +33,7 @@ __all__ = [
     "memory_gd_without_update",
     "mimo_ssd_without_decay",
     "mlstm_without_forget",
+    "multi_token_attention_without_convolution",
     "mutate_op",
     "no_decay_log_scan",
     "no_decay_recurrence",
@@ -322,6 +323,17 @@ def nystrom_as_softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     return ((q.float() @ k.float().transpose(-1, -2)).softmax(dim=-1) @ v.float()).to(v.dtype)
 
 
+def multi_token_attention_without_convolution(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *args: Any, **kwargs: Any
+) -> torch.Tensor:
+    """Causal softmax attention with the same masking but no key-query or head-mixing convolution (MTA's kernels
+    ignored). Shapes as ``ops.multi_token_attention``."""
+    from edifice.ops.multi_token_attention import multi_token_attention_reference
+
+    kwargs = {key: value for key, value in kwargs.items() if key not in ("kq_weight", "head_weight")}
+    return multi_token_attention_reference(q, k, v, None, None, **kwargs)
+
+
 #: The ready-made wrong implementation of each op, used when ``mutate_op`` is given none.
 MUTATIONS: dict[str, Callable[..., torch.Tensor]] = {
     "mlstm": mlstm_without_forget,
@@ -344,6 +356,7 @@ MUTATIONS: dict[str, Callable[..., torch.Tensor]] = {
     "selective_scan": no_decay_selective_scan,
     "memory_gd": memory_gd_without_update,
     "nystrom_attention": nystrom_as_softmax_attention,
+    "multi_token_attention": multi_token_attention_without_convolution,
 }
 
 
