@@ -7,7 +7,11 @@ distribution's blocks, fails to build with the install hint. Then runs the contr
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 
 import torch
 
@@ -35,24 +39,43 @@ def main(distribution: str) -> int:
     if not listed and not _commands_fail_cleanly(distribution):
         return 1
     failures = 0
+    buildable = []
     for name in listed:
         missing = missing_requirements(name)
-        if missing is not None:
-            try:
-                edifice.build(name)
-            except MissingDependency as exc:
-                print(f"  {name:28s} skipped: {exc}")
-                continue
-            print(f"  FAIL {name}: built although {missing}")
-            failures += 1
+        if missing is None:
+            buildable.append(name)
             continue
+        try:
+            edifice.build(name)
+        except MissingDependency as exc:
+            print(f"  {name:28s} skipped: {exc}")
+            continue
+        print(f"  FAIL {name}: built although {missing}")
+        failures += 1
+    workers = max(1, min(os.cpu_count() or 1, len(buildable)))
+    with ProcessPoolExecutor(
+        workers, mp_context=get_context("spawn"), initializer=torch.set_num_threads, initargs=(1,)
+    ) as pool:
+        for name, error in zip(buildable, pool.map(_smoke, buildable), strict=True):
+            if error is None:
+                print(f"  {name:28s} ok (build, forward, contract)")
+            else:
+                print(f"  FAIL {name}:\n{error}")
+                failures += 1
+    return 1 if failures else 0
+
+
+def _smoke(name: str) -> str | None:
+    """Build ``name``, run a forward pass and the contract kit (in a worker); the traceback of a failure, or None."""
+    try:
         if not edifice.get_spec(name).needs_fit:  # the contract prepares needs_fit entries (prepare()) first
             model = edifice.build(name, **edifice.get_spec(name).tiny).eval()
             with torch.no_grad():
                 model(**edifice.example_inputs(model, 2))
         check_architecture(name)
-        print(f"  {name:28s} ok (build, forward, contract)")
-    return 1 if failures else 0
+    except Exception:
+        return traceback.format_exc()
+    return None
 
 
 def _commands_fail_cleanly(distribution: str) -> bool:
