@@ -1,5 +1,9 @@
 """ring_attention: the online-softmax merge against its oracle, blockwise = dense causal attention, and a 2-process
-gloo ring equal to full causal attention, forward and backward."""
+gloo ring equal to full causal attention, forward and backward.
+
+The gloo test is not a signature test on purpose: ``--edifice-mutate all`` reruns every signature test once per
+mutated op, and the two worker processes (which import torch and edifice) take seconds each time; it calls no op.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from edifice_attention.ring_attention import blockwise_attention, merge_attentio
 TINY = edifice.get_spec("ring_attention").tiny
 
 
+@signature("ring_attention")
 def test_merge_equals_one_softmax_over_the_union() -> None:
     g = torch.Generator().manual_seed(0)
     s = torch.randn(2, 3, 5, 9, dtype=torch.float64, generator=g)
@@ -41,6 +46,7 @@ def test_merge_equals_one_softmax_over_the_union() -> None:
     assert torch.isfinite(out).all()
 
 
+@signature("ring_attention")
 @pytest.mark.parametrize(("T", "chunks"), [(1, 3), (11, 3), (13, 4), (8, 1)])
 def test_blockwise_equals_dense_causal_attention(T: int, chunks: int) -> None:
     g = torch.Generator().manual_seed(1)
@@ -125,7 +131,6 @@ def _ring_equals_full_causal_attention(tmp_path: Path, backend: str) -> None:
     assert_close(torch.cat([r["logits"] for r in results], dim=1), full, FP32, name="sharded model vs one process")
 
 
-@signature("ring_attention")
 def test_two_process_gloo_ring_equals_full_causal_attention(tmp_path: Path) -> None:
     _ring_equals_full_causal_attention(tmp_path, "gloo")
 

@@ -51,6 +51,9 @@ SPECS = (
             "vocab_size": 64,
             "num_chunks": 3,
         },
-        verification="property:2-process gloo ring = dense causal attention (forward and backward); merge oracle",
+        verification=(
+            "property:log-sum-exp merge = one softmax over the union (fp64 oracle); blockwise and 2-process gloo ring"
+            " = dense causal attention, forward and backward"
+        ),
     ),
 )
