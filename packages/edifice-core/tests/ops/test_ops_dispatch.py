@@ -353,3 +353,16 @@ def test_untraced_marker_matches_torch() -> None:
     # _registry marks functions the way torch.compiler.assume_constant_result does; fail loudly if torch changes it.
     marked = torch.compiler.assume_constant_result(lambda: None)
     assert getattr(marked, _registry._DYNAMO_CONSTANT_ATTR) is True
+
+
+def test_traced_collects_the_ops_called_nested_blocks_included() -> None:
+    from edifice.ops._registry import traced
+
+    x = torch.randn(1, 4, 2, 8)
+    with traced() as outer:
+        ops.rms_norm(x, torch.ones(8))
+        with traced() as inner:
+            ops.sdpa(x, x, x, causal=True)
+    assert inner == {"sdpa"} and outer == {"rms_norm", "sdpa"}
+    ops.rms_norm(x, torch.ones(8))  # outside any block nothing is collected
+    assert outer == {"rms_norm", "sdpa"}

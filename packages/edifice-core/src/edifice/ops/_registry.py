@@ -77,6 +77,8 @@ class _State:
     def __init__(self) -> None:
         self.mode: Mode = "auto"
         self.core_generation = 0
+        #: Names of the ops called inside :func:`traced` (None outside it).
+        self.trace: set[str] | None = None
 
 
 _STATE = _State()
@@ -250,6 +252,8 @@ class Op(Generic[P, R]):
         _OPS[name] = self
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        if _STATE.trace is not None:
+            _STATE.trace.add(self.name)
         if self.check is not None:
             self.check(*args, **kwargs)
         _, impl = self._select(args, kwargs)
@@ -365,6 +369,21 @@ class use(contextlib.AbstractContextManager["use"]):  # noqa: N801 - used like a
 
     def __exit__(self, *exc: object) -> None:
         _STATE.mode = self.previous
+
+
+@contextlib.contextmanager
+def traced() -> Iterator[set[str]]:
+    """Within the block, the names of the ops called (by any caller, nested calls included) collect in the set it
+    yields; blocks nest, an outer one also collecting what inner ones saw. The mutation runner uses it to mutate only
+    the ops a test calls."""
+    outer, names = _STATE.trace, set[str]()
+    _STATE.trace = names
+    try:
+        yield names
+    finally:
+        _STATE.trace = outer
+        if outer is not None:
+            outer.update(names)
 
 
 @contextlib.contextmanager

@@ -15,8 +15,8 @@ It adds:
 * ``--edifice-mutate OP`` (repeatable; ``all`` for every op): runs every collected signature test with
   ``edifice.ops.OP`` swapped for its ready-made wrong implementation (:data:`edifice.testing.mutate.MUTATIONS`).
   A signature test that calls the mutated op must then fail -- it is reported as passing when it does, and as
-  failing when it still passes, since it would not notice the mechanism breaking; tests that never call the op run
-  unchanged;
+  failing when it still passes, since it would not notice the mechanism breaking; each test runs once unmutated
+  first, and an op it never calls there is not mutated (``unused``: the run would be the same);
 * a terminal summary of the contract checks' timing: how many ran, how many went over the budget of
   :data:`edifice.testing.timing.BUDGET` seconds a check (reported, never a failure), each family's total and the
   slowest checks;
@@ -211,10 +211,18 @@ class _Mutator:
         names = [str(m.args[0]) for m in item.iter_markers("signature") if m.args]
         if not names:
             return (yield)
+        from edifice.ops._registry import traced
         from edifice.testing.mutate import MUTATIONS, mutate_op
 
+        # The unmutated run first (its failure fails the test as usual), noting the ops it calls: a deterministic test
+        # that never calls an op runs unchanged under that op's mutation, so only the called ops are mutated and rerun.
+        with traced() as called:
+            item.runtest()
         survived = []
         for op in self.ops:
+            if op not in called:
+                item.user_properties.append((_MUTATION_PROPERTY, (op, "unused", ", ".join(names))))
+                continue
             calls = 0
 
             def counting(*args: Any, _wrong: Callable[..., Any] = MUTATIONS[op], **kwargs: Any) -> Any:
@@ -238,7 +246,7 @@ class _Mutator:
                 f"signature test of {', '.join(names)} still passes with {', '.join(survived)} mutated "
                 "(edifice.testing.mutate.MUTATIONS): it does not prove the mechanism that uses the op"
             )
-        # The body already ran under every mutation; the unmutated run belongs to the ordinary test session.
+        # The body already ran, unmutated and under every mutation of an op it calls.
         item.runtest = lambda: None  # type: ignore[method-assign]
         return (yield)
 
