@@ -27,7 +27,7 @@ from edifice.errors import CheckpointError
 from edifice_attention._linear_attention import MixerStackBackbone
 from edifice_attention.configs._encoder import EncoderConfig
 
-__all__ = ["EncoderBackbone", "rename_encoder_state_dict"]
+__all__ = ["EncoderBackbone", "bert_config_fields", "rename_encoder_state_dict"]
 
 
 class EncoderBackbone(MixerStackBackbone):
@@ -80,6 +80,21 @@ class EncoderBackbone(MixerStackBackbone):
 
 
 _LAYER = re.compile(r"^encoder\.layer\.(\d+)\.(.+)\.(weight|bias)$")
+
+
+def bert_config_fields(hf: Any) -> dict[str, Any]:
+    """The :class:`EncoderConfig` fields of a transformers BERT-style config (FNet, Nystromformer): tied embeddings."""
+    return {
+        "d_model": hf.hidden_size,
+        "n_layers": hf.num_hidden_layers,
+        "d_ff": hf.intermediate_size,
+        "vocab_size": hf.vocab_size,
+        "max_len": hf.max_position_embeddings,
+        "activation": hf.hidden_act,
+        "norm_eps": hf.layer_norm_eps,
+        "dropout": hf.hidden_dropout_prob,
+        "tie_embeddings": True,
+    }
 
 
 def rename_encoder_state_dict(

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from edifice.config import ArchConfig
 from edifice.dtypes import compute_dtype
-from edifice_attention._encoder import EncoderBackbone, rename_encoder_state_dict
+from edifice_attention._encoder import EncoderBackbone, bert_config_fields, rename_encoder_state_dict
 from edifice_attention._hf_convert import load_converted
 from edifice_attention.configs.fnet import FNetConfig
 
@@ -85,19 +85,7 @@ _LAYER_MODULES = {
 
 def fnet_config(hf: Any, **overrides: Any) -> FNetConfig:
     """The :class:`FNetConfig` of a transformers ``FNetConfig`` (token ids in, last hidden state out)."""
-    options: dict[str, Any] = {
-        "d_model": hf.hidden_size,
-        "n_layers": hf.num_hidden_layers,
-        "d_ff": hf.intermediate_size,
-        "vocab_size": hf.vocab_size,
-        "max_len": hf.max_position_embeddings,
-        "activation": hf.hidden_act,
-        "norm_eps": hf.layer_norm_eps,
-        "dropout": hf.hidden_dropout_prob,
-        "tie_embeddings": True,
-    }
-    options.update(overrides)
-    return FNetConfig(**options)
+    return FNetConfig(**{**bert_config_fields(hf), **overrides})
 
 
 def from_fnet(source: Any, **overrides: Any) -> FNet:

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from edifice import ops
 from edifice.config import ArchConfig
-from edifice_attention._encoder import EncoderBackbone, rename_encoder_state_dict
+from edifice_attention._encoder import EncoderBackbone, bert_config_fields, rename_encoder_state_dict
 from edifice_attention._hf_convert import load_converted
 from edifice_attention.configs.nystromformer import NystromformerConfig
 
@@ -122,22 +122,13 @@ _LAYER_MODULES = {
 
 def nystromformer_config(hf: Any, **overrides: Any) -> NystromformerConfig:
     """The :class:`NystromformerConfig` of a transformers ``NystromformerConfig`` (token ids in, tied logits out)."""
-    options: dict[str, Any] = {
-        "d_model": hf.hidden_size,
-        "n_layers": hf.num_hidden_layers,
+    fields = {
+        **bert_config_fields(hf),
         "n_heads": hf.num_attention_heads,
-        "d_ff": hf.intermediate_size,
-        "vocab_size": hf.vocab_size,
-        "max_len": hf.max_position_embeddings,
-        "activation": hf.hidden_act,
-        "norm_eps": hf.layer_norm_eps,
-        "dropout": hf.hidden_dropout_prob,
         "num_landmarks": hf.num_landmarks,
         "conv_kernel_size": hf.conv_kernel_size,
-        "tie_embeddings": True,
     }
-    options.update(overrides)
-    return NystromformerConfig(**options)
+    return NystromformerConfig(**{**fields, **overrides})
 
 
 def from_nystromformer(source: Any, **overrides: Any) -> Nystromformer:
