@@ -83,14 +83,15 @@ def run(args: argparse.Namespace) -> int:
         return 1
     configs = suite(args.suite, device=args.device or "cpu")
     results = []
-    for config in configs:
+    for index, config in enumerate(configs):
         config = _apply(config, args)
         with RichProgress(_metric(config.task)) as progress:
             result = run_arena(config, progress=progress)
         results.append(result)
         if args.json != "-" and args.csv != "-":
             print(result.table + "\n", flush=True)
-    _write(results, args)
+        # Each arena's files are written as soon as it finishes: a suite stopped part-way keeps what it measured.
+        _write(result, args, f"-{index + 1}" if len(configs) > 1 else "")
     return 0 if any(r.entries for r in results) else 1
 
 
@@ -137,22 +138,19 @@ def _metric(task: str) -> str:
     return TASKS[task].metric
 
 
-def _write(results: list[Any], args: argparse.Namespace) -> None:
-    """JSON, CSV and PNG outputs (one file per arena; a suite of several arenas numbers them)."""
-    many = len(results) > 1
-    for index, result in enumerate(results):
-        suffix = f"-{index + 1}" if many else ""
-        if args.json == "-":
-            print(result.to_json())
-        elif args.json is not None:
-            result.to_json(_numbered(args.json, suffix))
-        if args.csv == "-":
-            print(result.to_csv(), end="")
-        elif args.csv is not None:
-            result.to_csv(_numbered(args.csv, suffix))
-        if not args.no_plot and result.entries:
-            path = result.plot(_numbered(args.plot, suffix))
-            print(f"plot: {path}", file=sys.stderr)
+def _write(result: Any, args: argparse.Namespace, suffix: str) -> None:
+    """The JSON, CSV and PNG outputs of one arena (``suffix`` numbers the arenas of a suite: ``-1``, ``-2``, ...)."""
+    if args.json == "-":
+        print(result.to_json())
+    elif args.json is not None:
+        result.to_json(_numbered(args.json, suffix))
+    if args.csv == "-":
+        print(result.to_csv(), end="")
+    elif args.csv is not None:
+        result.to_csv(_numbered(args.csv, suffix))
+    if not args.no_plot and result.entries:
+        path = result.plot(_numbered(args.plot, suffix))
+        print(f"plot: {path}", file=sys.stderr)
 
 
 def _numbered(path: str, suffix: str) -> Path:
