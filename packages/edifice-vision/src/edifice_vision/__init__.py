@@ -1,0 +1,1 @@
+"""Edifice vision, convolutional and detection architectures."""

@@ -1,0 +1,1 @@
+"""Torch-free configs of edifice-vision; each module also declares its architectures' ``SPECS``."""
