@@ -97,12 +97,16 @@ class ImageBackbone(Model):
         x = self.stem(images)
         for stage in self.stages:
             x = self._run_stage(stage, x)
-        return self.final_norm(x)
+        out: Tensor = self.final_norm(x)
+        return out
 
     def forward_head(self, features: Tensor, pre_logits: bool = False) -> Tensor:
         """Pool ``features``, apply dropout, and the classifier unless ``pre_logits``."""
-        x = self.head_drop(self.pool(features))
-        return x if pre_logits else self.head(x)
+        x: Tensor = self.head_drop(self.pool(features))
+        if pre_logits:
+            return x
+        logits: Tensor = self.head(x)
+        return logits
 
     def pool(self, features: Tensor) -> Tensor:
         """``[B, C, H, W]`` or tokens ``[B, prefix + N, C]`` -> ``[B, C]`` by ``global_pool`` (unchanged for '')."""
@@ -158,11 +162,11 @@ class ImageBackbone(Model):
 
     # -- helpers -----------------------------------------------------------------------------------------------------
     def _run_stage(self, stage: nn.Module, x: Tensor) -> Tensor:
-        if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+        if self.grad_checkpointing and torch.is_grad_enabled():
             out: Tensor = checkpoint(stage, x, use_reentrant=False)
             return out
-        out = stage(x)
-        return out
+        plain: Tensor = stage(x)
+        return plain
 
     def _stage_indices(self, indices: int | Sequence[int] | None) -> set[int]:
         n = len(self.stages)
