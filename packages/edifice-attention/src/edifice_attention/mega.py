@@ -126,8 +126,8 @@ class MovingAverageGatedAttention(nn.Module):
         phi = torch.sigmoid(gate)  # update gate, eq. (12)
         z, r = F.silu(zr).split([self.z_dim, self.v_dim], dim=-1)  # Z (eq. 6) and reset gate γ (eq. 11)
         qk = z.unsqueeze(2) * self.qk_scale + self.qk_offset  # eq. (7)-(8), (B, T, 2, z)
-        q, k = qk[:, None, :, 0], qk[:, None, :, 1]  # (B, 1, T, z)
         v = v[:, None]  # (B, 1, T, e)
+        q, k = qk[:, None, :, 0].to(v.dtype), qk[:, None, :, 1].to(v.dtype)  # (B, 1, T, z); one dtype under autocast
         if positions is None:
             positions = torch.arange(T, device=x.device).expand(B, T)
         if state is None:

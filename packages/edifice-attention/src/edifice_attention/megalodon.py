@@ -196,7 +196,7 @@ class MegalodonAttention(nn.Module):
             positions = torch.arange(T, device=x.device).expand(B, T)
         in_chunk = positions if self.window is None else torch.remainder(positions, self.window)
         cos, sin = self.rope(in_chunk.clamp(min=0))  # RoPE at the position within the chunk
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k = apply_rotary(q, cos, sin).to(v.dtype), apply_rotary(k, cos, sin).to(v.dtype)  # one dtype (autocast)
         if state is None:
             k_positions, k_valid = positions, mask
         else:
