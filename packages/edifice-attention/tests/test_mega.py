@@ -60,7 +60,7 @@ def layer_oracle(m: MovingAverageGatedAttention, x: torch.Tensor, window: int | 
     Q = m.qk_scale[0] * Z + m.qk_offset[0]  # eq. (7)
     K = m.qk_scale[1] * Z + m.qk_offset[1]  # eq. (8)
     V = F.silu(X @ m.v_proj.weight.T + m.v_proj.bias)  # eq. (9)
-    O = torch.zeros(B, T, v_dim, dtype=x.dtype)
+    Out = torch.zeros(B, T, v_dim, dtype=x.dtype)
     M = m.rel_bias.shape[0]
     for i in range(T):
         start = 0 if window is None else (i // window) * window
@@ -72,10 +72,10 @@ def layer_oracle(m: MovingAverageGatedAttention, x: torch.Tensor, window: int | 
             a = 0.5 * (1 + torch.erf((s - math.sqrt(0.5)) / (math.sqrt(1 / (4 * math.pi)) * math.sqrt(2))))
         else:  # τ(X) = sqrt(z), f = softmax
             a = torch.softmax(s / math.sqrt(z_dim) + rel, -1)
-        O[:, i] = (a[..., None] * V[:, start : i + 1]).sum(1)  # eq. (10)
+        Out[:, i] = (a[..., None] * V[:, start : i + 1]).sum(1)  # eq. (10)
     gamma = F.silu(Xp @ Wg.T + bg)  # reset gate, eq. (11)
     phi = torch.sigmoid(Xp @ Wphi.T + bphi)  # update gate, eq. (12)
-    H = F.silu(Xp @ Wh.T + bh + (gamma * O) @ m.h_proj.weight.T + m.h_proj.bias)  # eq. (13)
+    H = F.silu(Xp @ Wh.T + bh + (gamma * Out) @ m.h_proj.weight.T + m.h_proj.bias)  # eq. (13)
     return phi * H + (1 - phi) * x  # eq. (14)
 
 

@@ -101,13 +101,13 @@ def layer_oracle(layer: MegalodonLayer, x: torch.Tensor, window: int) -> torch.T
     pos = torch.arange(T) % window  # RoPE within the chunk
     Q, K = rope(Q.view(B, T, H, dz), pos, m.rope.base), rope(K.view(B, T, H, dz), pos, m.rope.base)
     V = F.silu(Xn @ m.wv.weight.T + m.wv.bias).view(B, T, H, dv)
-    O = torch.zeros(B, T, H, dv, dtype=x.dtype)
+    Out = torch.zeros(B, T, H, dv, dtype=x.dtype)
     for i in range(T):
         start = (i // window) * window
         s = torch.einsum("bhd,bjhd->bhj", Q[:, i], K[:, start : i + 1])  # no 1/sqrt(d): Q, K carry the scale
-        O[:, i] = torch.einsum("bhj,bjhd->bhd", torch.softmax(s, -1), V[:, start : i + 1])
+        Out[:, i] = torch.einsum("bhj,bjhd->bhd", torch.softmax(s, -1), V[:, start : i + 1])
     R = F.silu(Xp @ m.wr.weight.T + m.wr.bias)  # reset gate
-    Hh = Xp @ m.wh1.weight.T + m.wh1.bias + (O.reshape(B, T, -1) * R) @ m.wh2.weight.T
+    Hh = Xp @ m.wh1.weight.T + m.wh1.bias + (Out.reshape(B, T, -1) * R) @ m.wh2.weight.T
     Y = Hh + x
     Yn = F.layer_norm(Y, (d,), layer.ffn_norm.weight, layer.ffn_norm.bias, layer.ffn_norm.eps)
     assert layer.fc1 is not None and layer.fc2 is not None

@@ -66,18 +66,18 @@ class DampedEMA(nn.Module):
                 self.theta.copy_(torch.log(freqs / (1.0 - freqs)).view(self.dim, 1))
                 nn.init.trunc_normal_(self.omega, 0.0, 0.25, a=-1.0, b=1.0)
 
-    def coefficients(self) -> dict[str, Tensor | None]:
-        """The op's ``alpha, delta, eta, beta, theta`` in fp32 (``α, δ`` in (0, 1); ``η`` complex when rotated)."""
+    def coefficients(self) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
+        """The op's ``alpha, delta, eta`` and ``beta`` or ``theta`` in fp32 (``η`` complex when rotated)."""
         scale = self.ndim**-0.5
         alpha, delta = torch.sigmoid(self.alpha.float()), torch.sigmoid(self.delta.float())
         if not self.complex:
             assert self.beta is not None
-            return {"alpha": alpha, "delta": delta, "eta": self.eta.float() * scale, "beta": self.beta.float()}
+            return alpha, delta, self.eta.float() * scale, {"beta": self.beta.float()}
         assert self.theta is not None
         wavelets = torch.arange(1, self.ndim + 1, device=alpha.device, dtype=torch.float32)  # n = 1..N
         theta = torch.sigmoid(self.theta.float()) * (2 * math.pi / self.ndim) * wavelets  # (D, N)
         eta = torch.view_as_complex(self.eta.float().contiguous()) * scale
-        return {"alpha": alpha, "delta": delta, "eta": eta, "theta": theta}
+        return alpha, delta, eta, {"theta": theta}
 
     def init_state(self, batch_size: int, *, device: torch.device | str | None = None) -> Tensor:
         """A zero EMA state ``[B, D, N]``: fp32, or complex64 for the complex EMA."""
@@ -90,9 +90,8 @@ class DampedEMA(nn.Module):
         A padded position still decays the state, so padding is exact before the first and after the last token.
         """
         u = x if mask is None else x * mask[..., None].to(x.dtype)
-        coeffs = self.coefficients()
-        y, final = ops.damped_ema(u, coeffs.pop("alpha"), coeffs.pop("delta"), coeffs.pop("eta"), **coeffs,
-                                  initial_state=state)  # fmt: skip
+        alpha, delta, eta, extra = self.coefficients()
+        y, final = ops.damped_ema(u, alpha, delta, eta, **extra, initial_state=state)
         if state is not None:
             state.copy_(final)
         return y + (x * self.omega).to(y.dtype)

@@ -122,9 +122,10 @@ class MovingAverageGatedAttention(nn.Module):
             x = self.norm(x)
         v = F.silu(self.v_proj(x))  # eq. (9), (B, T, e)
         mx = self.dropout(F.silu(self.ema(x, mask=mask, state=None if state is None else state.ema)))  # X', eq. (5)
-        gate, zr, hx = self.mx_proj(mx).split([self.d_model, self.z_dim + self.v_dim, self.d_model], dim=-1)
+        base: Tensor = self.mx_proj(mx)
+        gate, zr, hx = torch.split(base, [self.d_model, self.z_dim + self.v_dim, self.d_model], dim=-1)
         phi = torch.sigmoid(gate)  # update gate, eq. (12)
-        z, r = F.silu(zr).split([self.z_dim, self.v_dim], dim=-1)  # Z (eq. 6) and reset gate γ (eq. 11)
+        z, r = torch.split(F.silu(zr), [self.z_dim, self.v_dim], dim=-1)  # Z (eq. 6) and reset gate γ (eq. 11)
         qk = z.unsqueeze(2) * self.qk_scale + self.qk_offset  # eq. (7)-(8), (B, T, 2, z)
         v = v[:, None]  # (B, 1, T, e)
         q, k = qk[:, None, :, 0].to(v.dtype), qk[:, None, :, 1].to(v.dtype)  # (B, 1, T, z); one dtype under autocast
@@ -139,7 +140,7 @@ class MovingAverageGatedAttention(nn.Module):
         o = self.attend(q, k, v, self.relative_bias(positions, k_positions), allowed)[:, 0]  # (B, T, e)
         h = F.silu(hx + self.h_proj(o.to(r.dtype) * r))  # eq. (13)
         y = torch.addcmul(residual, phi, self.dropout(h) - residual)  # eq. (14)
-        return y if self.prenorm else self.norm(y)  # type: ignore[no-any-return]
+        return y if self.prenorm else self.norm(y)
 
 
 class NormalizedFeedForward(nn.Module):
@@ -234,11 +235,13 @@ class Mega(SequenceBackbone):
                 if lin.bias is not None:
                     nn.init.zeros_(lin.bias)
         for layer in self.layers:
+            assert isinstance(layer, MegaLayer)
             layer.mixer.reset_parameters()
             if layer.ffn is not None:
                 layer.ffn.reset_parameters()
-        if isinstance(self.norm, nn.Module) and hasattr(self.norm, "reset_parameters"):
-            self.norm.reset_parameters()
+        reset = getattr(self.norm, "reset_parameters", None)
+        if callable(reset):
+            reset()
         self.tie_weights()
 
     def embed_inputs(self, inputs: Tensor) -> Tensor:

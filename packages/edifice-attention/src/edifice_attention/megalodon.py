@@ -245,7 +245,7 @@ class MegalodonLayer(nn.Module):
         assert self.fc1 is not None and self.fc2 is not None
         h = self.ffn_norm(y)
         hidden = F.silu(self.fc1(h)) if self.fc3 is None else F.silu(self.fc1(h)) * self.fc3(h)
-        out = self.dropout(self.fc2(self.dropout(hidden)))
+        out: Tensor = self.dropout(self.fc2(self.dropout(hidden)))
         return out if self.layer_scale is None else out * self.layer_scale
 
     def forward(
@@ -258,7 +258,7 @@ class MegalodonLayer(nn.Module):
     ) -> Tensor:
         """``[B, T, d] -> [B, T, d]``: ``X + FFN(LayerNorm(Y))`` (two-hop residual), final-normalised if last."""
         y, _ = self.mixer(x, mask=mask, positions=positions, state=state)
-        out = x + self.ffn(y) if self.has_ffn else y
+        out: Tensor = x + self.ffn(y) if self.has_ffn else y
         if self.final_norm is not None:
             out = self.final_norm(out, mask=mask, state=None if state is None else state.final_norm)
         return out
@@ -312,6 +312,7 @@ class Megalodon(SequenceBackbone):
                 if isinstance(w, nn.Linear) and w.bias is not None:
                     nn.init.zeros_(w.bias)
         for layer in self.layers:
+            assert isinstance(layer, MegalodonLayer)
             layer.mixer.reset_parameters()
             layer.reset_parameters()
         self.tie_weights()
