@@ -33,6 +33,7 @@ from edifice.ops.attention import sdpa
 from edifice.ops.attention_variants import variant_attention
 from edifice.ops.block_sparse_attention import block_sparse_attention
 from edifice.ops.conv import causal_conv1d, causal_conv1d_state
+from edifice.ops.damped_ema import damped_ema
 from edifice.ops.delta_rule import delta_rule, gated_delta_rule, generalized_delta_rule
 from edifice.ops.linear_attention import gated_linear_attention, linear_attention
 from edifice.ops.log_linear_attention import log_linear_attention
@@ -55,6 +56,7 @@ __all__ = [
     "block_sparse_attention",
     "causal_conv1d",
     "causal_conv1d_state",
+    "damped_ema",
     "delta_rule",
     "gated_delta_rule",
     "gated_linear_attention",

@@ -41,6 +41,7 @@ __all__ = [
     "nystrom_as_softmax_attention",
     "ssd_without_decay",
     "stateless_causal_conv1d",
+    "undamped_ema",
     "unmasked_sdpa",
     "unnormalized_rms_norm",
     "variant_as_softmax_attention",
@@ -334,6 +335,18 @@ def multi_token_attention_without_convolution(
     return multi_token_attention_reference(q, k, v, None, None, **kwargs)
 
 
+def undamped_ema(x: torch.Tensor, alpha: torch.Tensor, delta: torch.Tensor, eta: torch.Tensor, **kwargs: Any) -> Any:
+    """The damped EMA with ``δ = 0`` and ``θ = 0``: ``q = 1``, so each state sums ``α β x`` and never forgets.
+
+    Same layout as ``edifice.ops.damped_ema`` (x ``[B, T, D]``, alpha/delta/eta ``[D, N]``) -> ``(y, state)``.
+    """
+    from edifice.ops.damped_ema import damped_ema_reference
+
+    if kwargs.get("theta") is not None:
+        kwargs["theta"] = torch.zeros_like(kwargs["theta"])
+    return damped_ema_reference(x, alpha, torch.zeros_like(delta), eta, **kwargs)
+
+
 #: The ready-made wrong implementation of each op, used when ``mutate_op`` is given none.
 MUTATIONS: dict[str, Callable[..., torch.Tensor]] = {
     "mlstm": mlstm_without_forget,
@@ -352,6 +365,7 @@ MUTATIONS: dict[str, Callable[..., torch.Tensor]] = {
     "rms_norm": unnormalized_rms_norm,
     "causal_conv1d": stateless_causal_conv1d,
     "long_conv": circular_long_conv,
+    "damped_ema": undamped_ema,
     "log_linear_attention": log_linear_attention_without_levels,
     "selective_scan": no_decay_selective_scan,
     "memory_gd": memory_gd_without_update,
