@@ -44,7 +44,7 @@ def hash_ngram_ids(window: Tensor, sizes: tuple[int, ...], functions: int, vocab
     """
     n_max = max(sizes)
     T = window.shape[1] - (n_max - 1)
-    ids = []
+    ids: list[Tensor] = []
     for f in range(functions):
         prime = HASH_PRIMES[f % len(HASH_PRIMES)]
         for n in sizes:

@@ -129,7 +129,7 @@ class BltCrossAttention(CrossAttention):
         return self._split(self.k_proj, c, self.n_kv_heads, None), self._split(self.v_proj, c, self.n_kv_heads, None)
 
     def attend(self, x: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None = None) -> Tensor:
-        """``x + o`` for queries ``x [B, Tq, d_model]`` over projected ``k, v``; ``allowed`` broadcasts to the scores."""
+        """``x + o`` for queries ``x [B, Tq, d_model]`` over projected ``k, v``; ``allowed`` masks the scores."""
         q = self._split(self.q_proj, self.query_norm(x), self.n_heads, None)  # (B, Hq, Tq, Dh)
         return x + self._attend(q, k, v, attn_mask=allowed)
 
@@ -374,7 +374,8 @@ class ByteLatentTransformer(Model):
         B = batch_size
 
         def caches(layers: nn.ModuleList) -> list[Any]:
-            return [layer.init_state(B, max_len=max_len, device=device, dtype=dtype) for layer in layers]
+            blocks: list[TransformerBlock] = list(layers)  # type: ignore[arg-type]
+            return [block.init_state(B, max_len=max_len, device=device, dtype=dtype) for block in blocks]
 
         def cross_cache(module: BltCrossAttention) -> KVCache:
             if max_len is None:
@@ -443,7 +444,7 @@ class ByteLatentTransformer(Model):
             out = self.entropy_model.step(x, state.entropy_model)[0]  # type: ignore[operator]
             H = entropy(out if isinstance(out, Tensor) else out.logits)[:, -1]  # (B,)
             if c.entropy_rule == "global":
-                fires = H > c.entropy_threshold
+                fires = H.gt(c.entropy_threshold)
             else:
                 fires = (H - state.prev_entropy > c.entropy_threshold) | (t == 1)
             natural = fires | (t == 0)
@@ -463,7 +464,8 @@ class ByteLatentTransformer(Model):
             h = self._layer(layer, h, positions=positions, state=state.encoder[i])
             if i in cross_at:
                 j = cross_at[i]
-                kv = self.encoder_cross[j].project_context(h)
+                module: BltCrossAttention = self.encoder_cross[j]  # type: ignore[assignment]
+                kv = module.project_context(h)
                 state.encoder_cross[j].update(*kv, positions)
                 if i == first_cross:
                     running = torch.maximum(state.pooled, h[:, 0])
@@ -471,10 +473,11 @@ class ByteLatentTransformer(Model):
 
         # close: pool the patch by cross-attention over its bytes and step the latent transformer (masked write)
         slots = self.encoder_patch_proj(state.pooled).view(B, k, D)
-        for j, module in enumerate(self.encoder_cross):
+        pools: list[BltCrossAttention] = list(self.encoder_cross)  # type: ignore[arg-type]
+        for j, pool in enumerate(pools):
             cache = state.encoder_cross[j]
             inside = cache.valid & (cache.positions >= state.patch_start[:, None])  # (B, L)
-            slots = slots + module.attend(slots, cache.keys, cache.values, inside[:, None, None, :])
+            slots = slots + pool.attend(slots, cache.keys, cache.values, inside[:, None, None, :])
         g = self._latent_input(slots.reshape(B, 1, k * D))
         latent_positions = state.n_closed[:, None]  # (B, 1)
         for i, layer in enumerate(self.latent_layers):
@@ -498,7 +501,7 @@ class ByteLatentTransformer(Model):
         temperature: float = 0.0,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        """Prompt ``[B, T]`` plus ``max_new_bytes`` bytes, greedy (``temperature=0``) or sampled, through :meth:`step`."""
+        """The prompt ``[B, T]`` and ``max_new_bytes`` more, greedy (``temperature=0``) or sampled, by :meth:`step`."""
         state = self.init_state(input_ids.shape[0], max_len=input_ids.shape[1] + max_new_bytes)
         out, state = self.step(input_ids, state)
         pieces = [input_ids]
