@@ -89,7 +89,18 @@ def test_nemotron_h_matches_transformers(variant: str) -> None:
     assert model.layer_pattern == PATTERN
     ids = _ids()
     with torch.no_grad():
-        assert_close(model(input_ids=ids), hf(ids).logits, FP32, name="logits")
+        expected = hf(ids).logits
+        assert_close(model(input_ids=ids), expected, FP32, name="logits")
+    assert_close(_stepped(model, ids, prefill=5), expected, SCAN, name="decoded logits")
+
+
+def _stepped(model: Any, ids: torch.Tensor, *, prefill: int) -> torch.Tensor:
+    """Logits of a prefill then one token at a time through a static cache."""
+    with torch.no_grad():
+        state = model.init_state(ids.shape[0], max_len=ids.shape[1])
+        out = [model.step(ids[:, :prefill], state)[0]]
+        out += [model.step(ids[:, t : t + 1], state)[0] for t in range(prefill, ids.shape[1])]
+    return torch.cat(out, 1)
 
 
 @needs_ssm
@@ -106,11 +117,8 @@ def test_decoding_matches_transformers_cache() -> None:
         for t in range(prefill, ids.shape[1]):
             out = hf(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
             expected.append(out.logits)
-        state = model.init_state(2, max_len=ids.shape[1])
-        got = [model.step(ids[:, :prefill], state)[0]]
-        got += [model.step(ids[:, t : t + 1], state)[0] for t in range(prefill, ids.shape[1])]
     assert_close(torch.cat(expected, 1), whole, SCAN, name="transformers decoded vs whole")
-    assert_close(torch.cat(got, 1), torch.cat(expected, 1), SCAN, name="decoded logits")
+    assert_close(_stepped(model, ids, prefill=prefill), torch.cat(expected, 1), SCAN, name="decoded logits")
 
 
 @needs_ssm

@@ -1,9 +1,10 @@
 """Nemotron-H: a hybrid stack of Mamba-2, attention and MLP layers, and a converter from transformers' checkpoints.
 
 NVIDIA (2025), "Nemotron-H: A Family of Accurate and Efficient Hybrid Mamba-Transformer Models",
-https://arxiv.org/abs/2504.03624, §2.1 and Figure 1 / Table 1: most self-attention layers of a Transformer are
-replaced by Mamba-2 layers (about 8% of the layers stay attention, spread evenly, the first layer is Mamba-2 and the
-last an MLP), and every layer -- Mamba-2, attention or FFN -- is its own pre-normalised residual block::
+https://arxiv.org/abs/2504.03624, §2.1 and Figure 1: most self-attention layers of a Transformer are replaced by
+Mamba-2 layers (about 8% of the layers stay attention, spread evenly; in the released models the first layer is
+Mamba-2, the last an FFN and every attention layer is followed by an FFN), and every layer -- Mamba-2, attention or
+FFN -- is its own pre-normalised residual block::
 
     h = h + Mixer_l(RMSNorm_l(h))          Mixer_l by the l-th character of the layer pattern:
         'M'  Mamba-2 (Dao & Gu 2024, §7): in_proj -> causal conv on (x, B, C) -> SSD -> gated RMSNorm -> out_proj
