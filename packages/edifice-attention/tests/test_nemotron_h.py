@@ -134,6 +134,21 @@ def test_backbone_converts_with_a_tied_head() -> None:
 
 
 @needs_ssm
+def test_converts_from_config_dicts_current_and_original_names() -> None:
+    hf = _nemotron(seed=3, n_groups=4, conv_kernel=2)
+    current = edifice.convert("transformers.NemotronHForCausalLM", (hf.config.to_dict(), hf.state_dict()))
+    legacy = {k: v for k, v in hf.config.to_dict().items() if k not in ("layers_block_type", "n_groups", "head_dim")}
+    legacy.update(hybrid_override_pattern=PATTERN, mamba_n_groups=4, attention_head_dim=8)
+    legacy["mamba_d_conv"] = legacy.pop("conv_kernel")
+    original = edifice.convert("transformers.NemotronHForCausalLM", (legacy, hf.state_dict()))
+    assert current.config == original.config
+    assert (current.config.pattern, current.config.n_groups, current.config.d_conv) == (PATTERN, 4, 2)
+    ids = _ids(seed=3)
+    with torch.no_grad():
+        assert_close(original.eval()(input_ids=ids), hf(ids).logits, FP32, name="logits")
+
+
+@needs_ssm
 @pytest.mark.parametrize("max_len", [None, 12], ids=["dynamic", "static"])
 def test_step_reproduces_forward_over_every_layer_kind(max_len: int | None) -> None:
     tiny = {**edifice.get_spec("nemotron_h").tiny, "pattern": "M-*-", "n_layers": 4}

@@ -213,15 +213,25 @@ def _pattern_of(hf: Any) -> str:
     return str(pattern)
 
 
+def _first(hf: Any, names: tuple[str, ...], default: Any = None) -> Any:
+    """The first of ``names`` the config sets (current name first, then NVIDIA's original ``mamba_*`` one)."""
+    return next((value for value in (_get(hf, name) for name in names) if value is not None), default)
+
+
 def nemotron_h_config(hf: Any, *, tie_embeddings: bool | None = None, **overrides: Any) -> NemotronHConfig:
-    """The :class:`NemotronHConfig` of a transformers ``NemotronHConfig`` (object or ``config.json`` dict)."""
+    """The :class:`NemotronHConfig` of a transformers ``NemotronHConfig`` (object or ``config.json`` dict).
+
+    Dicts may use the current names or those of NVIDIA's original configs (``hybrid_override_pattern``,
+    ``mamba_n_groups``, ``mamba_d_conv``, ``attention_head_dim``, ...), as transformers accepts both.
+    """
     if _get(hf, "mamba_hidden_act", "silu") not in ("silu", "swish"):
         raise ConfigError(f"Nemotron-H converter: mamba_hidden_act={_get(hf, 'mamba_hidden_act')!r} is not SiLU")
-    low, high = (float(v) for v in (_get(hf, "time_step_limit") or (0.0, math.inf)))
+    limit = _first(hf, ("time_step_limit", "mamba_dt_limit"), (0.0, math.inf))
+    low, high = (float(v) for v in limit)
     if low > 0.0 or high != math.inf:
         raise ConfigError(f"Nemotron-H converter: time_step_limit=({low}, {high}) is not supported (no dt clamp here)")
     pattern = _pattern_of(hf)
-    d_model, expand = _get(hf, "hidden_size"), _get(hf, "expand", _get(hf, "mamba_expand", 2))
+    d_model, expand = _get(hf, "hidden_size"), _first(hf, ("expand", "mamba_expand"), 2)
     heads, head_dim = _get(hf, "mamba_num_heads"), _get(hf, "mamba_head_dim")
     if "M" in pattern and heads * head_dim != expand * d_model:
         raise CheckpointError(
@@ -235,21 +245,21 @@ def nemotron_h_config(hf: Any, *, tie_embeddings: bool | None = None, **override
         "pattern": pattern,
         "n_heads": _get(hf, "num_attention_heads"),
         "n_kv_heads": _get(hf, "num_key_value_heads"),
-        "head_dim": _get(hf, "head_dim"),
+        "head_dim": _first(hf, ("head_dim", "attention_head_dim"), 128),  # transformers' default
         "d_ff": _get(hf, "intermediate_size"),
         "activation": _get(hf, "mlp_hidden_act", "relu2"),
         "mlp_bias": bool(_get(hf, "mlp_bias", False)),
         "d_state": _get(hf, "ssm_state_size"),
-        "d_conv": _get(hf, "conv_kernel", 4),
+        "d_conv": _first(hf, ("conv_kernel", "mamba_d_conv"), 4),
         "expand": expand,
         "mamba_head_dim": head_dim,
-        "n_groups": _get(hf, "n_groups", 1),
-        "chunk_size": _get(hf, "chunk_size", 128),
-        "conv_bias": bool(_get(hf, "use_conv_bias", True)),
+        "n_groups": _first(hf, ("n_groups", "mamba_n_groups"), 8),
+        "chunk_size": _first(hf, ("chunk_size", "mamba_chunk_size"), 128),
+        "conv_bias": bool(_first(hf, ("use_conv_bias", "mamba_conv_bias"), True)),
         "mamba_bias": bool(_get(hf, "use_bias", False)),
-        "dt_min": float(_get(hf, "time_step_min", 0.001)),
-        "dt_max": float(_get(hf, "time_step_max", 0.1)),
-        "dt_init_floor": float(_get(hf, "time_step_floor", 1e-4)),
+        "dt_min": float(_first(hf, ("time_step_min", "mamba_dt_min"), 0.001)),
+        "dt_max": float(_first(hf, ("time_step_max", "mamba_dt_max"), 0.1)),
+        "dt_init_floor": float(_first(hf, ("time_step_floor", "mamba_dt_init_floor"), 1e-4)),
         "norm_eps": float(_get(hf, "layer_norm_epsilon", 1e-5)),
         "init_std": float(_get(hf, "initializer_range", 0.02)),
         "tie_embeddings": bool(_get(hf, "tie_word_embeddings", False)) if tie_embeddings is None else tie_embeddings,
