@@ -24,7 +24,9 @@ class ByteLatentTransformerConfig(ArchConfig):
     """BLT sizes (defaults: the released BLT-1B), patching, hash n-gram embeddings and the entropy model."""
 
     arch: str = field("byte_latent_transformer", "Registry name of the architecture this config builds.")
-    vocab_size: int = field(260, "Byte vocabulary: 256 byte values + 4 special ids (BLT's OFFSET), ids in [0, 260).")
+    vocab_size: int = field(
+        260, "Input vocabulary: BLT uses 260, 256 byte values + 4 special ids (its OFFSET), byte b has id b + 4."
+    )
     byte_dim: int = field(1024, "Width of the local encoder and decoder (byte level).")
     latent_dim: int = field(2048, "Width of the latent (global) transformer over patches.")
     n_encoder_layers: int = field(1, "Layers of the local encoder (l_E).")
@@ -101,8 +103,6 @@ class ByteLatentTransformerConfig(ArchConfig):
         self.check_range("dropout", 0.0, 1.0)
         if self.dropout == 1.0:
             self.fail("dropout", "must be < 1")
-        if self.vocab_size < 256:
-            self.fail("vocab_size", "must hold the 256 byte values (BLT uses 260: bytes + 4 special ids)")
 
     def ff(self, dim: int, size: int | None) -> int:
         """The SwiGLU hidden size: ``size``, or transformers' BLT default ``int(8 * dim / 3)``."""
