@@ -72,8 +72,9 @@ from edifice.blocks.kv_cache import KVCache
 from edifice.blocks.transformer import TransformerBlock
 from edifice.config import ArchConfig
 from edifice.graphs import is_capturing
+from edifice.inputs import validate_inputs
 from edifice.outputs import model_output
-from edifice_attention.configs.free_transformer import FreeTransformerConfig
+from edifice_attention.configs.free_transformer import Z_INPUT, FreeTransformerConfig
 from edifice_attention.decoder_only import DecoderOnly
 
 __all__ = [
@@ -282,6 +283,17 @@ class FreeTransformer(DecoderOnly):
         super().reset_parameters()
         if hasattr(self, "zeta"):
             nn.init.normal_(self.zeta, mean=0.0, std=self.config.init_std)
+
+    def check_inputs(self, **inputs: Any) -> dict[str, int]:
+        """The spec's inputs, and ``z`` (int64 codes ``[B, T]`` in ``[0, 2^H)``) when given, in the standard format."""
+        if inputs.get("z") is None:
+            inputs.pop("z", None)
+            return super().check_inputs(**inputs)
+        if torch.compiler.is_compiling():
+            return {}
+        spec = dataclasses.replace(self.spec, inputs={**self.spec.inputs, "z": Z_INPUT})
+        weight = self.post_sampler_fc.weight
+        return validate_inputs(spec, self.config, inputs, device=weight.device, dtype=weight.dtype)
 
     # -- the latent -------------------------------------------------------------------------------------------------
     def encode(self, h: Tensor, mask: Tensor | None = None, positions: Tensor | None = None) -> Tensor:

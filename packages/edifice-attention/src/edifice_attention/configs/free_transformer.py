@@ -19,9 +19,19 @@ from edifice.sequence import sequence_inputs, sequence_outputs
 from edifice.spec import TensorSpec
 from edifice_attention.configs.decoder_only import DecoderOnlyConfig
 
-__all__ = ["MAX_LATENT_BITS", "SPECS", "FreeTransformerConfig"]
+__all__ = ["MAX_LATENT_BITS", "SPECS", "Z_INPUT", "FreeTransformerConfig"]
 
 FLEURET = Paper("The Free Transformer", "Fleuret", 2025, "2510.17558")
+
+#: The optional ``z`` keyword of ``forward``/``step`` (validated like an input; not in the spec's inputs, which the
+#: registry-wide harnesses fill with example values).
+Z_INPUT = TensorSpec(
+    ("B", "T"),
+    dtype="int64",
+    domain="int[0, 2 ** num_latent_bits)",
+    optional=True,
+    doc="Latent codes Z_t; default: the encoder's samples in training, the prior's in eval.",
+)
 
 #: ``post_sampler_fc`` has ``2^H`` input features; past 24 bits it alone would hold more than 16M x d_model weights.
 MAX_LATENT_BITS = 24
@@ -87,16 +97,7 @@ SPECS = (
             "vocab_size": 64,
             "num_latent_bits": 4,
         },
-        inputs={
-            **sequence_inputs(),
-            "z": TensorSpec(
-                ("B", "T"),
-                dtype="int64",
-                domain="int[0, 2 ** num_latent_bits)",
-                optional=True,
-                doc="Latent codes Z_t; default: the encoder's samples in training, the prior's in eval.",
-            ),
-        },
+        inputs=sequence_inputs(),
         outputs={
             **sequence_outputs(),
             "aux_loss": TensorSpec(
