@@ -143,7 +143,10 @@ SPECS = (
             "entropy_heads": 2,
             "entropy_ff": 32,
             "entropy_window": 8,
-            "entropy_threshold": 5.5575,
+            # Above ln(260) ~ 5.561, the most an untrained byte LM's entropy can be: the tiny model's patches come
+            # from the forced starts and the 6-byte splits only, so no boundary hangs on an entropy's last digits
+            # (which differ between devices, dtypes and compiled code). The signature test exercises the threshold.
+            "entropy_threshold": 6.0,
             "max_patch_length": 6,
         },
         inputs={
