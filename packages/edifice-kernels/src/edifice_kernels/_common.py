@@ -10,12 +10,22 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 
-__all__ = ["assert_probe_close", "cuda_probe", "next_pow2", "num_programs", "softplus", "softplus_grad"]
+__all__ = ["assert_probe_close", "cuda_probe", "eligible", "next_pow2", "num_programs", "softplus", "softplus_grad"]
+
+
+def eligible(first: Any, *others: Any) -> bool:
+    """The predicates' common part: ``first`` a CUDA tensor, the other tensors (None allowed) on its device, and not
+    inside a ``torch.compile`` trace -- there the reference runs and Inductor fuses it (the kernels are not yet
+    registered as ``torch.library`` custom ops that Dynamo could trace through)."""
+    if not isinstance(first, torch.Tensor) or first.device.type != "cuda" or torch.compiler.is_compiling():
+        return False
+    return all(t is None or (isinstance(t, torch.Tensor) and t.device == first.device) for t in others)
 
 
 def next_pow2(n: int) -> int:

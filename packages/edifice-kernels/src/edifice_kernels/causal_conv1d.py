@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from edifice_kernels._common import assert_probe_close, cuda_probe, next_pow2
+from edifice_kernels._common import assert_probe_close, cuda_probe, eligible, next_pow2
 
 __all__ = ["MAX_KERNEL", "causal_conv1d", "probe", "supports"]
 
@@ -174,9 +174,7 @@ def supports(
     initial_state: torch.Tensor | None = None,
 ) -> bool:
     """Shape predicate: CUDA tensors on one device, at most :data:`MAX_KERNEL` taps."""
-    if not isinstance(x, torch.Tensor) or x.device.type != "cuda" or weight.shape[1] > MAX_KERNEL:
-        return False
-    return all(t is None or t.device == x.device for t in (weight, bias, initial_state))
+    return eligible(x, weight, bias, initial_state) and weight.shape[1] <= MAX_KERNEL
 
 
 def _check(device: torch.device) -> None:

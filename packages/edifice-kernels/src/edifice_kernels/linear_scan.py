@@ -36,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from edifice_kernels._common import assert_probe_close, cuda_probe, next_pow2, num_programs
+from edifice_kernels._common import assert_probe_close, cuda_probe, eligible, next_pow2, num_programs
 
 __all__ = ["linear_recurrence", "log_scan", "probe", "probe_log", "supports", "supports_log"]
 
@@ -234,9 +234,7 @@ def log_scan(log_a: torch.Tensor, log_b: torch.Tensor, log_initial: torch.Tensor
 
 
 def _on_cuda(first: Any, *others: Any) -> bool:
-    if not isinstance(first, torch.Tensor) or first.device.type != "cuda" or first.dim() < 2:
-        return False
-    return all(t is None or (isinstance(t, torch.Tensor) and t.device == first.device) for t in others)
+    return eligible(first, *others) and first.dim() >= 2
 
 
 def supports(a: torch.Tensor, b: torch.Tensor, initial: torch.Tensor | None = None) -> bool:

@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from edifice_kernels._common import assert_probe_close, cuda_probe, next_pow2, num_programs
+from edifice_kernels._common import assert_probe_close, cuda_probe, eligible, next_pow2, num_programs
 
 __all__ = ["MAX_WIDTH", "gated_rms_norm", "probe", "probe_gated", "rms_norm", "supports", "supports_gated"]
 
@@ -162,9 +162,7 @@ def gated_rms_norm(
 
 
 def _fits(x: Any, *others: Any, width: int) -> bool:
-    if not isinstance(x, torch.Tensor) or x.device.type != "cuda" or x.dim() < 1 or not 0 < width <= MAX_WIDTH:
-        return False
-    return all(t is None or (isinstance(t, torch.Tensor) and t.device == x.device) for t in others)
+    return eligible(x, *others) and x.dim() >= 1 and 0 < width <= MAX_WIDTH
 
 
 def supports(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-6) -> bool:

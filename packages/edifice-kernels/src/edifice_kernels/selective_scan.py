@@ -37,7 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
-from edifice_kernels._common import assert_probe_close, cuda_probe, next_pow2, softplus, softplus_grad
+from edifice_kernels._common import assert_probe_close, cuda_probe, eligible, next_pow2, softplus, softplus_grad
 
 __all__ = ["MAX_STATE", "probe", "selective_scan", "supports"]
 
@@ -216,17 +216,17 @@ def _bwd_kernel(
 
 
 def _blocks(dim: int, groups: int, n: int, T: int) -> tuple[int, int, int]:
-    """(BT, BD, BN): chunks of 16 steps, blocks of up to 16 channels inside one group, the state padded to 2^k."""
+    """(BT, BD, BN): chunks of 16 steps, blocks of up to 16 channels (``BD * BN <= 256``, so a ``[BT, BD, BN]``
+    tile stays in registers) inside one group, the state padded to a power of two."""
     BT = min(16, next_pow2(T))
     BN = next_pow2(n)
+    widest = max(1, min(16, 256 // BN))
     if groups == 1:
-        BD = min(16, next_pow2(dim))
-    else:
-        per_group = dim // groups
-        BD = 1
-        while BD < 16 and per_group % (2 * BD) == 0:
-            BD *= 2
-    return BT, BD, BN
+        return BT, min(widest, next_pow2(dim)), BN
+    per_group, block = dim // groups, 1
+    while block < widest and per_group % (2 * block) == 0:
+        block *= 2
+    return BT, block, BN
 
 
 def _bc_strides(t: torch.Tensor) -> tuple[int, int]:
@@ -373,9 +373,7 @@ def supports(
     algorithm: str = "chunked",
 ) -> bool:
     """Shape predicate: CUDA tensors on one device and a state of at most :data:`MAX_STATE`."""
-    if not isinstance(u, torch.Tensor) or u.device.type != "cuda" or A.shape[1] > MAX_STATE:
-        return False
-    return all(t is None or t.device == u.device for t in (delta, A, B, C, D, z, delta_bias, initial_state))
+    return eligible(u, delta, A, B, C, D, z, delta_bias, initial_state) and A.shape[1] <= MAX_STATE
 
 
 def _check(device: torch.device) -> None:
