@@ -42,6 +42,7 @@ __all__ = [
     "ssd_without_decay",
     "stateless_causal_conv1d",
     "undamped_ema",
+    "uniform_sdpa",
     "unmasked_sdpa",
     "unnormalized_rms_norm",
     "variant_as_softmax_attention",
@@ -60,6 +61,18 @@ def unmasked_sdpa(
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     scores = (q.float() @ k.float().transpose(-1, -2)) * scale  # (B, Hq, Tq, Tk)
     return (scores.softmax(dim=-1) @ v.float()).to(q.dtype)
+
+
+def uniform_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **ignored: Any) -> torch.Tensor:
+    """Attention without scores: every query takes the plain mean of all values (no ``q k^T``, no masks; GQA kept).
+
+    The default mutation of ``sdpa``. :func:`unmasked_sdpa` only drops masks and positions, which changes nothing for
+    attention that has none (a ViT's, an encoder's without padding); without the scores, no attention survives.
+    q ``[B, Hq, Tq, D]``, k ``[B, Hk, Tk, D]``, v ``[B, Hk, Tk, Dv]`` -> ``[B, Hq, Tq, Dv]``.
+    """
+    groups = q.shape[1] // k.shape[1]
+    mean = v.float().mean(dim=2, keepdim=True).repeat_interleave(groups, dim=1)  # (B, Hq, 1, Dv)
+    return mean.expand(q.shape[0], q.shape[1], q.shape[2], v.shape[-1]).to(q.dtype)
 
 
 def variant_as_softmax_attention(
@@ -355,7 +368,7 @@ MUTATIONS: dict[str, Callable[..., torch.Tensor]] = {
     "linear_attention": exclusive_linear_attention,
     "gated_linear_attention": gated_linear_attention_without_decay,
     "generalized_delta_rule": generalized_delta_rule_without_removal,
-    "sdpa": unmasked_sdpa,
+    "sdpa": uniform_sdpa,
     "variant_attention": variant_as_softmax_attention,
     "block_sparse_attention": all_blocks_attention,
     "ssd": ssd_without_decay,
