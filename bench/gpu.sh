@@ -51,6 +51,7 @@ PY
             python3 bench/recurrent_latency.py --device cuda --dtype float16 --out "$out"
             python3 bench/train_overhead.py --device cuda --out "$out"
             python3 bench/arena_overhead.py --device cuda --out "$out"
+            python3 bench/kernels.py --out "$out"
         } 2>&1 | tee "$out/bench.log" || status=$?
         pack
     fi

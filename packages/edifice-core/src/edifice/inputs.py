@@ -19,7 +19,15 @@ from edifice.errors import InputError
 from edifice.shapes import evaluate, names_in, parse_domain
 from edifice.spec import ArchSpec, TensorSpec
 
-__all__ = ["DEFAULT_DIMS", "active_specs", "dtype_matches", "example_inputs", "resolve_shape", "validate_inputs"]
+__all__ = [
+    "DEFAULT_DIMS",
+    "active_specs",
+    "dtype_matches",
+    "example_inputs",
+    "resolve_shape",
+    "spec_env",
+    "validate_inputs",
+]
 
 #: Sizes given to free shape symbols by :func:`example_inputs` unless overridden.
 DEFAULT_DIMS: dict[str, int] = {"T": 8, "N": 10, "E": 24, "H": 16, "W": 16}
@@ -30,19 +38,25 @@ NONEMPTY_SYMBOLS = {"B": "sample", "T": "position", "N": "node", "H": "row", "W"
 INDEX_DTYPES = (torch.int64, torch.int32)
 
 
-def _env(config: ArchConfig) -> dict[str, Any]:
-    return {name: getattr(config, name) for name in config.field_names()}
+def spec_env(config: ArchConfig) -> dict[str, Any]:
+    """Names a spec expression may use: the config's fields and the derived sizes its ``spec_properties`` lists.
+
+    A derived size is one no field holds (a CNN's pooled width, from its stage widths and expansion): the config
+    exposes it as a property and names it in the class attribute ``spec_properties``.
+    """
+    derived = {name: getattr(config, name) for name in getattr(type(config), "spec_properties", ())}
+    return {**derived, **{name: getattr(config, name) for name in config.field_names()}}
 
 
 def active_specs(specs: Mapping[str, TensorSpec], config: ArchConfig) -> dict[str, TensorSpec]:
     """The tensor specs whose ``when`` condition holds for ``config``."""
-    env = _env(config)
+    env = spec_env(config)
     return {name: ts for name, ts in specs.items() if ts.when is None or evaluate(ts.when, env)}
 
 
 def resolve_shape(ts: TensorSpec, config: ArchConfig, dims: Mapping[str, int]) -> tuple[int, ...]:
     """Evaluate a tensor spec's shape with config fields and symbol sizes ``dims`` (``None`` dims dropped)."""
-    env = {**_env(config), **dims}
+    env = {**spec_env(config), **dims}
     out = []
     for dim in ts.shape:
         value = evaluate(dim, env)
@@ -84,7 +98,7 @@ def validate_inputs(
     if torch.compiler.is_compiling():
         return {}
     name = spec.name
-    env = _env(config)
+    env = spec_env(config)
     specs = active_specs(spec.inputs, config)
     _check_inactive(spec, config, specs, inputs)
     bound: dict[str, int] = {}
@@ -170,7 +184,7 @@ def _check_inactive(
         ts = spec.inputs.get(key)
         if value is None or key in active or ts is None or ts.when is None:
             continue
-        env = _env(config)
+        env = spec_env(config)
         depends = ", ".join(f"{n}={env[n]!r}" for n in sorted(names_in(ts.when) & set(env)))
         takes = ", ".join(
             f"{name} [{', '.join(map(str, resolve_shape_pattern(other, env)))}]" + (" (optional)" * other.optional)
@@ -258,7 +272,7 @@ def example_inputs(
     if generator is None:
         generator = torch.Generator().manual_seed(0)
     sizes = {**DEFAULT_DIMS, "B": batch_size, **(dims or {})}
-    env = {**_env(config), **sizes}
+    env = {**spec_env(config), **sizes}
     out: dict[str, torch.Tensor] = {}
     for key, ts in active_specs(spec.inputs, config).items():
         if ts.optional and not include_optional:

@@ -52,6 +52,9 @@ class ImageBackbone(Model):
     num_prefix_tokens: int = 0
     #: Pixels per patch side (token backbones): how token grids map back to feature maps.
     patch_stride: int = 1
+    #: ``final_norm`` is sized for the last stage alone (hierarchical backbones, timm's): ``forward_intermediates``
+    #: with ``norm`` normalises only the last stage's map, and a ``stop_early`` run ends unnormalised.
+    final_norm_last_stage_only: bool = False
 
     def __init__(self, config: ImageConfig) -> None:
         super().__init__(config)
@@ -95,8 +98,9 @@ class ImageBackbone(Model):
     def forward_features(self, images: Tensor) -> Tensor:
         """The last stage's output after ``final_norm`` (a feature map, or tokens for a token backbone)."""
         x = self.stem(images)
+        extra = self.stage_inputs(images)
         for stage in self.stages:
-            x = self._run_stage(stage, x)
+            x = self._run_stage(stage, x, **extra)
         out: Tensor = self.final_norm(x)
         return out
 
@@ -142,14 +146,18 @@ class ImageBackbone(Model):
         chosen = self._stage_indices(indices)
         last = max(chosen) if stop_early else len(self.stages) - 1
         x = self.stem(images)
+        extra = self.stage_inputs(images)
         maps = []
         for i, stage in enumerate(self.stages[: last + 1]):
-            x = self._run_stage(stage, x)
+            x = self._run_stage(stage, x, **extra)
             if i in chosen:
-                out = self.to_feature_map(self.final_norm(x) if norm else x, images)
+                normed = norm and (i == len(self.stages) - 1 or not self.final_norm_last_stage_only)
+                out = self.to_feature_map(self.final_norm(x) if normed else x, images)
                 maps.append(out.permute(0, 2, 3, 1) if output_fmt == "NHWC" else out)
         if intermediates_only:
             return maps
+        if self.final_norm_last_stage_only and last < len(self.stages) - 1:
+            return x, maps
         return self.final_norm(x), maps
 
     def to_feature_map(self, x: Tensor, images: Tensor) -> Tensor:
@@ -160,12 +168,16 @@ class ImageBackbone(Model):
         patches = x[:, self.num_prefix_tokens :]
         return patches.transpose(1, 2).reshape(x.shape[0], x.shape[2], grid_h, grid_w)
 
+    def stage_inputs(self, images: Tensor) -> dict[str, Tensor | tuple[Tensor, ...]]:
+        """Keyword inputs every stage receives beside ``x`` (none; a ViT with 2-D RoPE passes the grid's angles)."""
+        return {}
+
     # -- helpers -----------------------------------------------------------------------------------------------------
-    def _run_stage(self, stage: nn.Module, x: Tensor) -> Tensor:
+    def _run_stage(self, stage: nn.Module, x: Tensor, **extra: Tensor | tuple[Tensor, ...]) -> Tensor:
         if self.grad_checkpointing and torch.is_grad_enabled():
-            out: Tensor = checkpoint(stage, x, use_reentrant=False)
+            out: Tensor = checkpoint(stage, x, use_reentrant=False, **extra)  # type: ignore[call-overload]
             return out
-        plain: Tensor = stage(x)
+        plain: Tensor = stage(x, **extra)
         return plain
 
     def _stage_indices(self, indices: int | Sequence[int] | None) -> set[int]:

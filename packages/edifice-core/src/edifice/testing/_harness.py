@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from edifice.config import ArchConfig
-from edifice.inputs import DEFAULT_DIMS, active_specs, dtype_matches, example_inputs, resolve_shape
+from edifice.inputs import DEFAULT_DIMS, active_specs, dtype_matches, example_inputs, resolve_shape, spec_env
 from edifice.registry import config as build_config
 from edifice.registry import get_spec, model_class
 from edifice.shapes import parse_domain
@@ -116,7 +116,7 @@ class Case:
 
     def env(self, batch_size: int) -> dict[str, Any]:
         """Names a spec expression may use: the config fields and the symbol sizes."""
-        return {**{n: getattr(self.config, n) for n in self.config.field_names()}, **self.dims(batch_size)}
+        return {**spec_env(self.config), **self.dims(batch_size)}
 
     def inputs(self, batch_size: int, *, seed: int = SEED) -> dict[str, torch.Tensor]:
         """Seeded example inputs of the required tensors (graph edges stay inside their graph: a sample is a graph)."""
