@@ -119,6 +119,18 @@ def test_zero_init_last_makes_every_block_start_as_the_identity_branch() -> None
     assert std == pytest.approx((2 / (49 * 256)) ** 0.5, rel=0.05)
 
 
+def test_grad_checkpointing_keeps_outputs_and_gradients() -> None:
+    model = edifice.build("resnet", **TINY).train()
+    x = images()
+    plain = model(images=x)
+    grads = torch.autograd.grad(plain.square().sum(), list(model.parameters()))
+    model.set_grad_checkpointing()
+    checkpointed = model(images=x)
+    torch.testing.assert_close(checkpointed, plain)
+    for a, b in zip(torch.autograd.grad(checkpointed.square().sum(), list(model.parameters())), grads, strict=True):
+        torch.testing.assert_close(a, b)
+
+
 @pytest.mark.parametrize(
     ("overrides", "words"),
     [
