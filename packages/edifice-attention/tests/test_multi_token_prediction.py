@@ -4,7 +4,9 @@ No pip package ships these parallel heads (transformers' ``MtpModel`` is DeepSee
 module), so the signature is the paper's equations in fp64: head ``i``'s logits at position ``t`` are
 ``W_u norm(H_i(trunk(x)))_t`` computed by hand from the weights (eq. 3-4), the loss is the sum over heads of the
 cross-entropies against the token ``i`` positions ahead (eq. 2), and self-speculative decoding returns exactly the
-tokens of plain greedy decoding (§3.2). Collapsing the heads into one generic head breaks the oracle.
+tokens of plain greedy decoding (§3.2). Collapsing the heads into one generic head breaks the oracle. Only the oracle
+test is marked ``@signature``: the loss and decoding tests compare the model with itself, so a mutated attention or
+norm op (``--edifice-mutate``) cannot make them fail, by design.
 """
 
 from __future__ import annotations
@@ -102,7 +104,6 @@ def hand_loss(head_logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tens
     return out
 
 
-@signature("multi_token_prediction")
 def test_loss_is_the_sum_of_the_heads_shifted_cross_entropies() -> None:
     model, x = build(3), ids(2, 10, seed=4)
     mask = torch.ones(2, 10, dtype=torch.bool)
@@ -150,6 +151,20 @@ def test_sequential_backward_gives_the_gradients_of_the_summed_loss(variant: str
         torch.testing.assert_close(p.grad, grads[name], atol=1e-6, rtol=1e-5, msg=name)
 
 
+def test_gradient_checkpointing_gives_identical_gradients() -> None:
+    model, x = build(7), ids(2, 8, seed=8)
+    model.train()
+    grads = []
+    for on in (False, True):
+        model.set_grad_checkpointing(on)
+        model.zero_grad(set_to_none=True)
+        model.loss(x).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) == len(list(model.parameters()))
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-6, msg=name)
+
+
 # -- §3.2: self-speculative decoding -------------------------------------------------------------------------------
 def plain_greedy(model: Any, x: torch.Tensor, mask: torch.Tensor | None, steps: int) -> torch.Tensor:
     """Greedy decoding with head 1, recomputing the whole sequence by ``forward`` for every token (no cache)."""
@@ -175,7 +190,6 @@ def copy_heads_model(seed: int, *, wrong_last_head: bool) -> Any:
     return model
 
 
-@signature("multi_token_prediction")
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_speculative_decoding_returns_exactly_the_greedy_tokens(seed: int) -> None:
     model = build(10 + seed)
@@ -192,7 +206,6 @@ def test_speculative_decoding_returns_exactly_the_greedy_tokens(seed: int) -> No
                 assert got.calls.tolist() == [8, 8] and got.drafted.tolist() == [0, 0]
 
 
-@signature("multi_token_prediction")
 @pytest.mark.parametrize("wrong_last_head", [False, True])
 def test_speculative_decoding_accepts_what_the_next_token_head_confirms(wrong_last_head: bool) -> None:
     model = copy_heads_model(30, wrong_last_head=wrong_last_head)
@@ -253,7 +266,7 @@ def test_trained_heads_draft_tokens_that_greedy_decoding_accepts() -> None:
     # tokens on, so heads 2 and 3 can learn x_{t+i} = x_t + i*s and their drafts get accepted.
     torch.manual_seed(0)
     model = edifice.build("multi_token_prediction", **{**TINY, "n_layers": 2, "n_predictions": 3})
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     g = torch.Generator().manual_seed(1)
 
     def batch(n: int, length: int) -> torch.Tensor:
@@ -262,9 +275,9 @@ def test_trained_heads_draft_tokens_that_greedy_decoding_accepts() -> None:
 
     model.train()
     first = None
-    for _ in range(300):
+    for _ in range(150):
         opt.zero_grad()
-        loss = model.sequential_backward(batch(32, 16)).loss
+        loss = model.sequential_backward(batch(16, 16)).loss
         first = float(loss) if first is None else first
         opt.step()
     assert float(loss) < 0.2 * first

@@ -35,7 +35,7 @@ is greedy only and runs to ``max_new_tokens`` (no end-of-sequence stop); a promp
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from edifice.blocks.kv_cache import DynamicKVCache, StaticKVCache
+from edifice.blocks.transformer import TransformerBlock
 from edifice.config import ArchConfig
 from edifice.errors import InputError
 from edifice.graphs import is_capturing
@@ -137,6 +138,9 @@ class MultiTokenPrediction(DecoderOnly):
         n = config.n_layers
         self.heads = nn.ModuleList([self.build_layer(n + i) for i in range(config.n_predictions)])
         self.reset_parameters()
+
+    def _heads(self) -> list[TransformerBlock]:
+        return [cast(TransformerBlock, head) for head in self.heads]
 
     @property
     def n_predictions(self) -> int:
@@ -249,12 +253,13 @@ class MultiTokenPrediction(DecoderOnly):
         for i in range(self.n_predictions):
             h, aux_i = self.head_hidden(z_detached, i, attention_mask, positions=positions)
             loss_i = _head_cross_entropy(self.lm_head_logits(h), labels, i + 1, attention_mask, -100)
-            (loss_i if aux_i is None else loss_i + aux_i).backward()  # frees head i's graph and its logits
+            head_loss = loss_i if aux_i is None else loss_i + aux_i
+            head_loss.backward()  # type: ignore[no-untyped-call]  # frees head i's graph and its logits
             head_losses.append(loss_i.detach())
             heads_aux = _add(heads_aux, None if aux_i is None else aux_i.detach())
         grad_z = z_detached.grad if z_detached.grad is not None else torch.zeros_like(z)
         if trunk_aux is None:
-            z.backward(grad_z)
+            z.backward(grad_z)  # type: ignore[no-untyped-call]
         else:
             torch.autograd.backward([z, trunk_aux], [grad_z, torch.ones_like(trunk_aux)])
         losses = torch.stack(head_losses)
@@ -263,19 +268,19 @@ class MultiTokenPrediction(DecoderOnly):
         return MultiTokenLoss(loss=total, head_losses=losses, aux_loss=aux)
 
     # -- decoding -----------------------------------------------------------------------------------------------
-    def init_state(
+    def init_state(  # type: ignore[override]
         self,
         batch_size: int,
         *,
         max_len: int | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
-    ) -> MultiTokenState:  # type: ignore[override]
+    ) -> MultiTokenState:
         """Empty KV caches for the trunk and every head; ``max_len`` preallocates static caches."""
         base = super().init_state(batch_size, max_len=max_len, device=device, dtype=dtype)
         device = base.position.device
         dtype = next(self.parameters()).dtype if dtype is None else dtype
-        heads = [head.init_state(batch_size, max_len=max_len, device=device, dtype=dtype) for head in self.heads]
+        heads = [layer.init_state(batch_size, max_len=max_len, device=device, dtype=dtype) for layer in self._heads()]
         return MultiTokenState(layers=base.layers, heads=heads, position=base.position)
 
     def step(  # type: ignore[override]

@@ -82,7 +82,7 @@ SPECS = (
         causal=True,
         stateful=True,
         variable_length=True,
-        verification="oracle:eq. 1-3 (head i = trunk -> H_i -> shared unembedding predicts x_{t+i}; "
-        "loss = sum of shifted CEs; speculative = greedy)",
+        verification="oracle:eq. 3-4 in fp64 (head i = trunk -> its own layer -> shared norm and unembedding, "
+        "scoring x_{t+i}); also tested: eq. 2 loss by hand, speculative decoding = greedy",
     ),
 )
