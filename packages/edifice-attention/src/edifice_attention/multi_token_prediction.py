@@ -368,7 +368,8 @@ def speculative_generate(
     draft gives the next-token head's verdict after each draft token, the longest confirmed prefix is accepted and the
     rest is taken back from the caches. ``n_draft=1`` is plain greedy decoding. The caches are static (preallocated to
     ``max_len``; by default the smallest size that cannot overflow), so every ``step`` has static shapes;
-    ``static_cache=False`` uses growing caches instead. The loop reads one flag per call back to the host (to stop).
+    ``static_cache=False`` uses growing caches instead. Each call reads two numbers back to the host (whether to stop,
+    how many slots to rewind). Run it in eval mode (dropout would make the draft and the verdict disagree).
     """
     n = model.n_predictions
     k = n if n_draft is None else n_draft
