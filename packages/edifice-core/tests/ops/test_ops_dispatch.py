@@ -166,7 +166,9 @@ def test_highest_priority_that_fits_wins(register: Any) -> None:
     )
     assert ops.selected("rms_norm", X) == "high"
     assert ops.selected("rms_norm", NARROW) == "low"
-    assert [impl.name for impl in ops.implementations("rms_norm")] == ["high", "low", "reference"]
+    # Installed plugins (edifice-kernels' CUDA kernels) may list their own overrides: the order of these is the test.
+    names = [impl.name for impl in ops.implementations("rms_norm") if impl.name in ("high", "low", "reference")]
+    assert names == ["high", "low", "reference"]
 
 
 def test_plugin_override_outranks_core_torch_sdpa(register: Any) -> None:

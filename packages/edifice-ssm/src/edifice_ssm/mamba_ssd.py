@@ -85,10 +85,8 @@ class GatedRMSNorm(nn.Module):
 
     def forward(self, x: Tensor, z: Tensor) -> Tensor:
         """Gate ``x [..., dim]`` with ``SiLU(z)``, RMS-normalise each group in fp32, scale; returns x's dtype."""
-        gated = x.float() * F.silu(z.float())
-        groups = gated.reshape(*gated.shape[:-1], self.dim // self.group_size, self.group_size)  # (..., G, dim / G)
-        normed = ops.rms_norm(groups, None, self.eps).flatten(-2)
-        return normed.to(x.dtype) * self.weight
+        out: Tensor = ops.gated_rms_norm(x, z, self.weight, self.eps, self.group_size)
+        return out
 
     def extra_repr(self) -> str:
         return f"{self.dim}, group_size={self.group_size}, eps={self.eps}"

@@ -43,7 +43,7 @@ from edifice.ops.memory_gd import memory_gd
 from edifice.ops.mimo_ssd import mimo_ssd
 from edifice.ops.mlstm import mlstm
 from edifice.ops.multi_token_attention import multi_token_attention
-from edifice.ops.norm import rms_norm
+from edifice.ops.norm import gated_rms_norm, rms_norm
 from edifice.ops.nystrom_attention import nystrom_attention
 from edifice.ops.recurrence import linear_recurrence
 from edifice.ops.selective_scan import selective_scan
@@ -60,6 +60,7 @@ __all__ = [
     "delta_rule",
     "gated_delta_rule",
     "gated_linear_attention",
+    "gated_rms_norm",
     "generalized_delta_rule",
     "get_op",
     "implementations",

@@ -42,6 +42,7 @@ __all__ = [
     "ssd_without_decay",
     "stateless_causal_conv1d",
     "undamped_ema",
+    "ungated_rms_norm",
     "uniform_sdpa",
     "unmasked_sdpa",
     "unnormalized_rms_norm",
@@ -61,6 +62,20 @@ def unmasked_sdpa(
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     scores = (q.float() @ k.float().transpose(-1, -2)) * scale  # (B, Hq, Tq, Tk)
     return (scores.softmax(dim=-1) @ v.float()).to(q.dtype)
+
+
+def ungated_rms_norm(
+    x: torch.Tensor,
+    z: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    eps: float = 1e-6,
+    group_size: int | None = None,
+) -> torch.Tensor:
+    """Gated RMSNorm without its gate: ``RMSNorm_g(x) * weight`` (``z`` ignored); same arguments as the op."""
+    from edifice.ops.norm import gated_rms_norm_reference
+
+    # A constant gate scales x by SiLU(2) everywhere, which the norm divides out (up to eps): the ungated norm.
+    return gated_rms_norm_reference(x, torch.full_like(z, 2.0), weight, eps, group_size)
 
 
 def uniform_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **ignored: Any) -> torch.Tensor:
@@ -376,6 +391,7 @@ MUTATIONS: dict[str, Callable[..., torch.Tensor]] = {
     "linear_recurrence": no_decay_recurrence,
     "log_scan": no_decay_log_scan,
     "rms_norm": unnormalized_rms_norm,
+    "gated_rms_norm": ungated_rms_norm,
     "causal_conv1d": stateless_causal_conv1d,
     "long_conv": circular_long_conv,
     "damped_ema": undamped_ema,
