@@ -94,7 +94,7 @@ def gated_rms_norm_reference(
     D = x.shape[-1]
     size = D if group_size is None else group_size
     work = torch.promote_types(x.dtype, torch.float32)
-    gated = (x.to(work) * F.silu(z.to(work))).unflatten(-1, (D // size, size))  # (..., G, D / G)
+    gated = (x.to(work) * F.silu(z.to(work))).reshape(*x.shape[:-1], D // size, size)  # (..., G, D / G)
     y = (gated * torch.rsqrt(gated.square().mean(-1, keepdim=True) + eps)).flatten(-2)
     if weight is not None:
         y = y * weight.to(work)
