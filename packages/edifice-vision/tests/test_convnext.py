@@ -66,7 +66,6 @@ def test_named_convnext_atto_matches_timm() -> None:
     assert_matches_timm(edifice.convert("timm.convnext", theirs), theirs, images(64, 64))
 
 
-@signature("convnext")
 @pytest.mark.parametrize("part", ["conv_dw", "grn"])
 def test_without_its_mechanism_parity_fails(part: str) -> None:
     theirs = timm_convnext(use_grn=True, ls_init_value=None)
