@@ -10,6 +10,7 @@ encoding on queries/keys, a plain (unmasked or uniform) attention, or a loss mat
 from __future__ import annotations
 
 import itertools
+import re
 from typing import Any
 from unittest import mock
 
@@ -112,6 +113,20 @@ def test_parity_with_transformers_detr() -> None:
     torch.testing.assert_close(got_nomask.logits, want_nomask.logits, atol=TOL, rtol=TOL)
     torch.testing.assert_close(got_nomask.boxes, want_nomask.pred_boxes, atol=TOL, rtol=TOL)
     assert not torch.allclose(got.logits[1], got_nomask.logits[1], atol=1e-4)  # the mask matters
+
+
+def test_converter_reads_state_dicts_with_transformers_4_names() -> None:
+    theirs = transformers_detr(seed=2)
+    legacy = {}
+    for key, value in theirs.state_dict().items():
+        key = key.replace("model.backbone.", "model.backbone.conv_encoder.").replace(".o_proj.", ".out_proj.")
+        legacy[re.sub(r"layers\.(\d+)\.mlp\.fc", r"layers.\1.fc", key)] = value
+    ours = edifice.convert("transformers.detr", legacy, config=theirs.config.to_dict())
+    images, mask = padded_batch(seed=1)
+    with torch.no_grad():
+        want, got = theirs(pixel_values=images, pixel_mask=mask.long()), ours(images=images, pixel_mask=mask)
+    torch.testing.assert_close(got.logits, want.logits, atol=TOL, rtol=TOL)
+    torch.testing.assert_close(got.boxes, want.pred_boxes, atol=TOL, rtol=TOL)
 
 
 def random_targets(gen: torch.Generator, counts: tuple[int, ...], num_classes: int) -> list[dict[str, torch.Tensor]]:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -310,6 +311,20 @@ def _decoder_norm(m: Any) -> str:
     return f"decoder.{m.group(1)}.norms.{index}.{m.group(3)}"
 
 
+#: transformers 4.x names (the hub's safetensors files), as transformers 5 renames them on load (conversion_mapping).
+_LEGACY = [
+    (re.compile(r"backbone\.conv_encoder\."), "backbone."),
+    (re.compile(r"\.out_proj\."), ".o_proj."),
+    (re.compile(r"layers\.(\d+)\.fc([12])\."), r"layers.\1.mlp.fc\2."),
+]
+
+
+def _modern_name(key: str) -> str:
+    for pattern, repl in _LEGACY:
+        key = pattern.sub(repl, key)
+    return key
+
+
 _RULES: list[tuple[str, Any]] = [
     (r"model\.input_projection\.(.+)", r"input_proj.\1"),
     (r"model\.query_position_embeddings\.(.+)", r"query_embed.\1"),
@@ -333,9 +348,10 @@ def from_transformers(source: Any, config: Any = None, **overrides: Any) -> Detr
     """Convert a transformers ``DetrForObjectDetection`` with a timm ResNet backbone to ``detr``.
 
     ``source`` is the model, or its state dict with ``config`` (a ``DetrConfig`` or its dict) for the head count,
-    layer norms and loss weights the weights do not show. ``overrides`` set other ``detr`` fields (e.g. ``dropout``).
-    transformers' own ``ResNetBackbone`` (``use_timm_backbone=False``) is not supported; every released DETR
-    checkpoint (facebook/detr-resnet-50, -101) uses the timm backbone.
+    layer counts and loss weights the weights do not show; a state dict may use transformers 5 names or the 4.x names
+    of the hub's files (``backbone.conv_encoder``, ``out_proj``, ``fc1``). ``overrides`` set other ``detr`` fields
+    (e.g. ``dropout``). transformers' own ``ResNetBackbone`` (``use_timm_backbone=False``) is not supported; every
+    released DETR checkpoint (facebook/detr-resnet-50, -101) uses the timm backbone.
     """
     if isinstance(source, nn.Module):
         config = source.config if config is None else config
@@ -343,7 +359,7 @@ def from_transformers(source: Any, config: Any = None, **overrides: Any) -> Detr
     if config is None:
         raise CheckpointError(f"{_WHO} converter: pass the DetrConfig with a state dict (heads are not in the weights)")
     cfg = config if isinstance(config, dict) else config.to_dict()
-    state = {k: v.detach().clone() for k, v in source.items() if not k.endswith("num_batches_tracked")}
+    state = {_modern_name(k): v.detach().clone() for k, v in source.items() if not k.endswith("num_batches_tracked")}
     backbone_sd = {k.removeprefix(_BACKBONE): v for k, v in state.items() if k.startswith(_BACKBONE)}
     if not backbone_sd or ("conv1.weight" not in backbone_sd and "conv1.0.weight" not in backbone_sd):
         raise CheckpointError(
