@@ -28,7 +28,9 @@ __all__ = [
 
 #: Distributions the meta package ``edifice`` has extras for: what is released (a test checks this against
 #: packages/edifice/pyproject.toml, so adding a family's extras there means adding it here).
-RELEASED: frozenset[str] = frozenset({"edifice-arena", "edifice-attention", "edifice-recurrent", "edifice-ssm"})
+RELEASED: frozenset[str] = frozenset(
+    {"edifice-arena", "edifice-attention", "edifice-kernels", "edifice-recurrent", "edifice-ssm", "edifice-vision"}
+)
 
 #: This project's distributions that register no architecture, so the catalogue's rows do not name them.
 _WITHOUT_ARCHITECTURES = ("edifice-core", "edifice-kernels", "edifice-arena")

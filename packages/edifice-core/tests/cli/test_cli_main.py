@@ -79,7 +79,7 @@ def test_list_json_is_sorted_and_complete(capsys: pytest.CaptureFixture[str], cl
 @pytest.mark.parametrize(
     ("family", "message"),
     [
-        ("vision", "'vision': it is planned for edifice-vision, which is not released yet"),
+        ("graph", "'graph': it is planned for edifice-graph, which is not released yet"),
         ("tset", "unknown family 'tset'"),
         ("tset", "Did you mean 'test'"),
     ],

@@ -81,7 +81,7 @@ def test_plugin_command_runs_from_the_entry_point(plugin_env: dict[str, str]) ->
     ("args", "message"),
     [
         (["info", "no_such_net"], "edifice info: error: unknown architecture 'no_such_net'"),
-        (["info", "densenet"], "planned for edifice-vision, which is not released yet"),
+        (["info", "gat"], "planned for edifice-graph, which is not released yet"),
         (["boom"], "edifice boom: error: boom: field 'x' is wrong"),
     ],
 )

@@ -76,8 +76,8 @@ class ToyPlugin:
     def register_architectures(register: Callable[..., None]) -> None:
         register(_spec("toy_mlp", causal=True))
         register(_spec("toy_fixed", defaults={"mode": "fixed"}, fixed=("mode",), alias_of="toy_mlp"))
-        register(_spec("toy_needs_block", requires_blocks=("vision_stem",)))
-        register(_spec("toy_needs_arch", requires_archs=("densenet",)))
+        register(_spec("toy_needs_block", requires_blocks=("graph_readout",)))
+        register(_spec("toy_needs_arch", requires_archs=("gat",)))
         register(_spec("toy_needs_unknown", requires_blocks=("nonexistent",), requires_archs=("not_in_catalogue",)))
 
     @staticmethod
@@ -144,8 +144,8 @@ def test_config_errors(toy: None) -> None:
 def test_unknown_architecture_hints(toy: None) -> None:
     with pytest.raises(UnknownArchitecture, match="Did you mean 'toy_mlp'"):
         edifice.build("toy_mpl")
-    with pytest.raises(UnknownArchitecture, match=r"'densenet' \(.*\): it is planned for edifice-vision, which is not"):
-        edifice.config("densenet")  # a catalogue entry of a distribution the meta package has no extra for
+    with pytest.raises(UnknownArchitecture, match=r"'gat' \(.*\): it is planned for edifice-graph, which is not"):
+        edifice.config("gat")  # a catalogue entry of a distribution the meta package has no extra for
     with pytest.raises(UnknownArchitecture, match=r"^unknown architecture 'Toy_Fixed'\. Did you mean 'toy_fixed'"):
         edifice.build("Toy_Fixed")  # the same name but for case comes first
     with pytest.raises(KeyError):
@@ -156,10 +156,10 @@ def test_unknown_architecture_hints(toy: None) -> None:
 
 
 def test_requirements(toy: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(BLOCK_PROVIDERS, "vision_stem", "edifice-vision")  # a provider that is not released
-    with pytest.raises(MissingDependency, match=r"block 'vision_stem'.*planned for edifice-vision, which is not rel"):
+    monkeypatch.setitem(BLOCK_PROVIDERS, "graph_readout", "edifice-graph")  # a provider that is not released
+    with pytest.raises(MissingDependency, match=r"block 'graph_readout'.*planned for edifice-graph, which is not rel"):
         edifice.build("toy_needs_block")
-    with pytest.raises(MissingDependency, match=r"architecture 'densenet'.*planned for edifice-vision"):
+    with pytest.raises(MissingDependency, match=r"architecture 'gat'.*planned for edifice-graph"):
         edifice.build("toy_needs_arch")
     message = missing_requirements("toy_needs_unknown")
     assert message is not None and "nonexistent" in message and "Install" not in message
@@ -489,17 +489,17 @@ def test_input_ids_without_a_vocabulary_says_which_inputs_this_config_takes() ->
 def test_a_released_distribution_is_missing_or_failed_not_planned(toy: None, monkeypatch: pytest.MonkeyPatch) -> None:
     import edifice.registry
 
-    monkeypatch.setattr(edifice.registry, "RELEASED", edifice.registry.RELEASED | {"edifice-vision"})
-    with pytest.raises(UnknownArchitecture, match=r'part of edifice-vision, which is not installed: pip install "'):
-        edifice.build("densenet")
+    monkeypatch.setattr(edifice.registry, "RELEASED", edifice.registry.RELEASED | {"edifice-graph"})
+    with pytest.raises(UnknownArchitecture, match=r'part of edifice-graph, which is not installed: pip install "'):
+        edifice.build("gat")
     registry = get_registry()
     with pytest.warns(PluginWarning):
-        registry.register_plugin(_Misspelt(), "vision-broken", distribution="edifice_vision", version="0.1.0")
+        registry.register_plugin(_Misspelt(), "graph-broken", distribution="edifice_graph", version="0.1.0")
     try:
-        with pytest.raises(UnknownArchitecture, match=r"edifice-vision, whose plugin failed to load: .*unknown hook"):
-            edifice.build("densenet")
+        with pytest.raises(UnknownArchitecture, match=r"edifice-graph, whose plugin failed to load: .*unknown hook"):
+            edifice.build("gat")
     finally:
-        registry.unregister_plugin("vision-broken")
+        registry.unregister_plugin("graph-broken")
 
 
 def test_first_party_distributions_are_this_projects_by_normalised_name() -> None:
