@@ -43,7 +43,9 @@ def test_missing_blocks_raise_with_install_hint(monkeypatch: pytest.MonkeyPatch)
     from edifice.catalogue import BLOCK_PROVIDERS
 
     monkeypatch.setitem(BLOCK_PROVIDERS, "graph_readout", "edifice-graph")  # a provider that is not released
-    with pytest.raises(MissingDependency, match=r"block 'graph_readout'; it is planned for edifice-graph, which is not"):
+    with pytest.raises(
+        MissingDependency, match=r"block 'graph_readout'; it is planned for edifice-graph, which is not"
+    ):
         blocks.get("graph_readout")
     with pytest.raises(MissingDependency, match=r"unknown block 'rmsnrom'.*Did you mean 'rmsnorm'"):
         blocks.get("rmsnrom")
