@@ -16,8 +16,9 @@ import pytest
 import torch
 
 import edifice
+from edifice.blocks.positional import timestep_features
 from edifice.testing import redraw_parameters, signature
-from edifice_vision.unet import AttentionBlock, ResBlock, UNet2D, timestep_embedding
+from edifice_vision.unet import AttentionBlock, ResBlock, UNet2D
 
 TINY: dict[str, Any] = {
     "in_channels": 2,
@@ -78,17 +79,21 @@ def test_skips_carry_encoder_features_past_a_cut_bottleneck() -> None:
 
 @signature("unet")
 def test_time_embedding_enters_every_residual_block() -> None:
+    model = build()
     t = torch.tensor([0.0, 1.0, 37.5, 999.0], dtype=torch.float64)
     d = 8
-    emb = timestep_embedding(t, d)
+    emb = timestep_features(t, d, flip_sin_to_cos=False, downscale_freq_shift=1.0)  # what UNet2D.time_embed uses
     want = torch.empty(4, d, dtype=torch.float64)
     for i in range(d // 2):  # DDPM's get_timestep_embedding
         w = math.exp(-math.log(10000.0) * i / (d // 2 - 1))
         want[:, i] = torch.sin(t * w)
         want[:, d // 2 + i] = torch.cos(t * w)
-    torch.testing.assert_close(emb, want, atol=1e-13, rtol=0)
+    torch.testing.assert_close(emb.double(), want, atol=1e-4, rtol=0)  # core computes the angles in fp32
+    te = model.unet.time_embed
+    assert (te.frequency_dim, te.flip_sin_to_cos, te.downscale_freq_shift) == (d, False, 1.0)
+    mlp = te.linear_2(torch.nn.functional.silu(te.linear_1(want)))
+    torch.testing.assert_close(te(t), mlp, atol=1e-4, rtol=0)
 
-    model = build()
     blocks = [m for m in model.modules() if isinstance(m, ResBlock)]
     assert len(blocks) == 2 * 1 + 2 + 2 * 2  # encoder, middle, decoder (one more per level)
     got: list[torch.Tensor] = []

@@ -10,8 +10,9 @@ and the diffusion time ``t`` given to every residual block through the Transform
 
 - time embedding (DDPM's ``get_timestep_embedding``): ``e(t) = [sin(t ω_i), cos(t ω_i)]``,
   ``ω_i = 10000^(-i / (d/2 - 1))``, ``i = 0..d/2-1``, ``d = base_features``, then Linear-SiLU-Linear to
-  ``4 d``; a class embedding (``nn.Embedding``) is added to it when ``num_classes > 0`` (as diffusers'
-  ``num_class_embeds``; DDPM itself is unconditional);
+  ``4 d`` (core's :class:`~edifice.blocks.positional.TimestepEmbedding`, features in fp32); a class embedding
+  (``nn.Embedding``) is added to it when ``num_classes > 0`` (diffusers' ``num_class_embeds``; DDPM itself is
+  unconditional);
 - residual block: ``h = conv(SiLU(GN(x))) + Linear(SiLU(emb)); h = conv(dropout(SiLU(GN(h)))); x' + h``
   (``x'`` a 1x1 conv when the width changes), so the time enters every residual block;
 - attention block: ``x + proj(softmax(q k^T / sqrt(d)) v)`` over the ``H W`` positions, after GroupNorm;
@@ -29,7 +30,6 @@ code does (``init_scale=0``), so every block starts as the identity. The image s
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar
 
 import torch
@@ -37,25 +37,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edifice import ops
+from edifice.blocks.positional import TimestepEmbedding
 from edifice.config import ArchConfig
 from edifice.errors import InputError
 from edifice.model import Model
 from edifice_vision.configs.unet import UNetConfig
 
-__all__ = ["AttentionBlock", "ResBlock", "UNet", "UNet2D", "timestep_embedding"]
-
-
-def timestep_embedding(t: Tensor, dim: int) -> Tensor:
-    """DDPM's sinusoidal embedding ``[B] -> [B, dim]``: ``[sin(t ω_i), cos(t ω_i)]``, ``ω_i = 10000^(-i/(dim/2-1))``.
-
-    Computed in at least fp32 (the angles reach 1000 rad).
-    """
-    half = dim // 2
-    dtype = torch.promote_types(t.dtype if t.is_floating_point() else torch.float32, torch.float32)
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=dtype) / max(half - 1, 1))
-    angles = t.to(dtype)[:, None] * freqs[None]
-    emb = torch.cat([angles.sin(), angles.cos()], dim=-1)
-    return F.pad(emb, (0, 1)) if dim % 2 else emb
+__all__ = ["AttentionBlock", "ResBlock", "UNet", "UNet2D"]
 
 
 def _zero(module: nn.Conv2d) -> nn.Conv2d:
@@ -177,7 +165,10 @@ class UNet2D(nn.Module):
         out_channels = in_channels if out_channels is None else out_channels
         self.base_features, self.levels, self.num_classes = base_features, len(channel_mults), num_classes
         emb_dim = 4 * base_features
-        self.time_mlp = nn.Sequential(nn.Linear(base_features, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        # DDPM's sinusoid (sin first, ω_i = 10000^(-i/(d/2-1))) through Linear-SiLU-Linear: core's block.
+        self.time_embed = TimestepEmbedding(
+            emb_dim, frequency_dim=base_features, flip_sin_to_cos=False, downscale_freq_shift=1.0
+        )
         self.class_embed = nn.Embedding(num_classes, emb_dim) if num_classes > 0 else None
         self.conv_in = nn.Conv2d(in_channels, base_features, 3, padding=1)
         kw = {"dropout": dropout, "groups": norm_groups}
@@ -217,8 +208,7 @@ class UNet2D(nn.Module):
 
     def embed(self, timestep: Tensor, class_labels: Tensor | None) -> Tensor:
         """The conditioning vector ``[B, 4 base_features]``: time MLP of the sinusoid, plus the class embedding."""
-        dtype = self.conv_in.weight.dtype
-        emb: Tensor = self.time_mlp(timestep_embedding(timestep, self.base_features).to(dtype))
+        emb: Tensor = self.time_embed(timestep)
         if self.class_embed is not None:
             if class_labels is None:
                 raise InputError("unet: input 'class_labels' is required when num_classes > 0")
