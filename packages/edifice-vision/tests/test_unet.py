@@ -148,6 +148,10 @@ def test_zero_initialisation_starts_at_zero() -> None:
         assert model(**x).abs().max() == 0  # DDPM zeroes the output convolution
     for block in (m for m in model.modules() if isinstance(m, ResBlock)):
         assert block.conv2.weight.abs().max() == 0
+    redraw_parameters(model, seed=3)
+    model.reset_parameters()
+    with torch.no_grad():
+        assert model(**x).abs().max() == 0
 
 
 def test_attention_block_is_softmax_over_positions() -> None:

@@ -40,6 +40,7 @@ from edifice import ops
 from edifice.blocks.positional import TimestepEmbedding
 from edifice.config import ArchConfig
 from edifice.errors import InputError
+from edifice.initialization import reset_submodules
 from edifice.model import Model
 from edifice_vision.configs.unet import UNetConfig
 
@@ -205,6 +206,11 @@ class UNet2D(nn.Module):
             self.up.append(_Level(res, attn, _Upsample(ch) if level > 0 else None))
         self.norm_out = nn.GroupNorm(norm_groups, ch)
         self.conv_out = _zero(nn.Conv2d(ch, out_channels, 3, padding=1))
+
+    def reset_parameters(self) -> None:
+        """Every block's own initialisation, and the output convolution zeroed (DDPM): the network outputs 0."""
+        reset_submodules(self)
+        _zero(self.conv_out)
 
     def embed(self, timestep: Tensor, class_labels: Tensor | None) -> Tensor:
         """The conditioning vector ``[B, 4 base_features]``: time MLP of the sinusoid, plus the class embedding."""
