@@ -100,16 +100,16 @@ class EfficientViTConfig(ImageConfig):
             self.fail("image_size", f"must be at least patch_size={p}")
 
 
-#: Tiny EfficientViT: 16x16 images, a one-conv stride-2 stem, three one-block stages on 8, 4 and 2 pixel maps with
-#: 3x3 windows (the first two stages are split into padded windows; the last attends over its whole 2x2 map).
+#: Tiny EfficientViT: 16x16 images, a one-conv stride-2 stem, two one-block stages (with a patch merging between)
+#: on 8x8 and 4x4 maps in 3x3 windows, so both split into padded windows; two cascaded heads per stage.
 TINY = {
     "image_size": 16,
     "patch_size": 2,
-    "embed_dim": (8, 16, 24),
-    "depths": (1, 1, 1),
-    "num_heads": (2, 2, 2),
-    "key_dim": (4, 4, 4),
-    "window_size": (3, 3, 3),
+    "embed_dim": (8, 16),
+    "depths": (1, 1),
+    "num_heads": (2, 2),
+    "key_dim": (4, 4),
+    "window_size": (3, 3),
     "kernels": (3, 3),
     "num_classes": 10,
 }
