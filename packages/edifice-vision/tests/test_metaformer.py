@@ -9,6 +9,7 @@ the identity fails it. RandFormer's frozen random mixing (no timm model) is chec
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -79,7 +80,7 @@ def test_without_the_separable_convolution_parity_fails() -> None:
         assert_matches_timm(ours, theirs, images())
 
 
-def test_random_mixing_is_a_frozen_row_stochastic_matrix_over_the_stage_tokens() -> None:
+def test_random_mixing_is_a_frozen_row_stochastic_matrix_over_the_stage_tokens(tmp_path: Path) -> None:
     # RandFormer (Baselines eq. 4): X W_R with W_R = softmax(U), U ~ U(0,1), never trained.
     model = edifice.build("metaformer", **{**TINY, "token_mixers": ("random",) * 4}).eval()
     mixers = [m for m in model.modules() if isinstance(m, RandomMixing)]
@@ -94,6 +95,9 @@ def test_random_mixing_is_a_frozen_row_stochastic_matrix_over_the_stage_tokens()
     assert model(images=images(16, 16)).shape == (2, 10)
     with pytest.raises(ValueError, match="fixed to a 8x8 map"):
         model(images=images(32, 32))
+    edifice.save(model, tmp_path / "randformer.safetensors")  # W_R is saved with the weights
+    loaded = edifice.load(tmp_path / "randformer.safetensors").eval()
+    torch.testing.assert_close(loaded(images=images(16, 16)), model(images=images(16, 16)))
 
 
 def test_a_stage_as_wide_as_the_last_keeps_its_resolution() -> None:

@@ -22,7 +22,7 @@ from edifice_vision.configs._image import ImageConfig, image_spec
 
 __all__ = ["CONVERTERS", "MIXERS", "SPECS", "YU_BASELINES", "MetaFormerConfig", "metaformer_spec"]
 
-YU_BASELINES = Paper("MetaFormer Baselines for Vision", "Yu, Si, Zhou, Yu, Wang, Feng & Yan", 2022, "2210.13452")
+YU_BASELINES = Paper("MetaFormer Baselines for Vision", "Yu et al.", 2022, "2210.13452")
 
 #: Token mixers of the MetaFormer papers: IdentityFormer's identity, RandFormer's frozen random mixing, PoolFormer's
 #: ``Pool(X) - X``, ConvFormer's inverted separable convolution and the transformer's self-attention.
