@@ -17,7 +17,7 @@ import torch
 
 import edifice
 from edifice.testing import signature
-from edifice_vision.gaussian_splat import SH_C0
+from edifice_vision.gaussian_splat import SH_C0, sh_basis
 
 
 def camera(z: float = 0.0, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -141,7 +141,7 @@ def test_fits_a_target_image() -> None:
 
 def test_bad_config_and_inputs() -> None:
     with pytest.raises(ValueError, match="sh_degree"):
-        edifice.config("gaussian_splat", sh_degree=3)
+        edifice.config("gaussian_splat", sh_degree=4)
     with pytest.raises(ValueError, match="fov"):
         edifice.config("gaussian_splat", fov=180.0)
     model = edifice.build("gaussian_splat", num_gaussians=4, image_size=4)
@@ -149,9 +149,23 @@ def test_bad_config_and_inputs() -> None:
         model(torch.eye(3)[None])
 
 
-def test_degree_one_colours_depend_on_the_view() -> None:
+def test_sh_basis_is_orthonormal() -> None:
+    """∫ Y_i Y_j dΩ = δ_ij for the 16 functions of degrees 0-3 (Fibonacci-sphere quadrature, fp64)."""
+    n = 20000
+    k = torch.arange(n, dtype=torch.float64) + 0.5
+    z = 1 - 2 * k / n
+    phi = math.pi * (3 - math.sqrt(5)) * k
+    r = (1 - z**2).sqrt()
+    d = torch.stack([r * phi.cos(), r * phi.sin(), z], -1)
+    Y = sh_basis(d, 3)  # (n, 16)
+    gram = 4 * math.pi * (Y.T @ Y) / n
+    torch.testing.assert_close(gram, torch.eye(16, dtype=torch.float64), atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("degree", [1, 3])
+def test_higher_degree_colours_depend_on_the_view(degree: int) -> None:
     torch.manual_seed(0)
-    model = edifice.build("gaussian_splat", num_gaussians=4, image_size=8, sh_degree=1)
+    model = edifice.build("gaussian_splat", num_gaussians=4, image_size=8, sh_degree=degree)
     with torch.no_grad():
         model.colors[:, 1:].normal_()
     a = model.colors_for(camera(3.0, torch.float32))

@@ -15,7 +15,7 @@ of 3-D Gaussians, each with a mean ``μ``, a scale ``s`` (stored as log), a rota
   ``C = Σ_i c_i α_i Π_{j<i} (1 - α_j)`` with ``α_i = min(0.99, o_i exp(-½ d^T Σ'^{-1} d))``, ``d`` the pixel's offset
   from the projected mean; contributions with ``α < 1/255`` are skipped and Gaussians nearer than ``near_plane`` are
   culled, as in the authors' ``forward.cu``. What is left behind the last Gaussian shows the background.
-- Colours: degree-0 (and degree-1) real spherical harmonics of the viewing direction, ``c = max(0, SH(d) + 0.5)``
+- Colours: real spherical harmonics of degree <= 3 of the viewing direction, ``c = max(0, SH(d) + 0.5)``
   (the authors' ``computeColorFromSH``).
 
 Deviations: the tile-based culling, per-tile radix sort and early termination (``T < 1e-4``) of the CUDA rasterizer
@@ -41,11 +41,16 @@ from edifice.model import Model
 from edifice.outputs import model_output
 from edifice_vision.configs.gaussian_splat import GaussianSplatConfig
 
-__all__ = ["GaussianSplat", "SplatOutput", "project", "quaternion_to_matrix", "rasterize"]
+__all__ = ["GaussianSplat", "SplatOutput", "project", "quaternion_to_matrix", "rasterize", "sh_basis"]
 
-#: Real spherical-harmonic constants of degrees 0 and 1 (the authors' ``SH_C0``, ``SH_C1``).
+#: Normalisation constants of the real spherical harmonics of degrees 0-3 (the authors' ``SH_C0`` .. ``SH_C3``).
 SH_C0 = 0.28209479177387814
 SH_C1 = 0.4886025119029199
+SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396)
+SH_C3 = (
+    -0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325901154,
+    -0.4570457994644658, 1.445305721320277, -0.5900435899266435,
+)  # fmt: skip
 #: The authors' rasterizer: maximum opacity, the skip threshold, the low-pass dilation and the frustum clamp.
 ALPHA_MAX, ALPHA_MIN, DILATION, FRUSTUM_CLAMP = 0.99, 1.0 / 255.0, 0.3, 1.3
 
@@ -58,6 +63,37 @@ class SplatOutput:
     """``[B, 3, H, W]`` composited colours (background included)."""
     alpha: Tensor
     """``[B, H, W]`` accumulated opacity ``1 - Π (1 - α_i)``."""
+
+
+def sh_basis(d: Tensor, degree: int) -> Tensor:
+    """Real spherical harmonics ``Y_k(d)`` ``[..., (degree+1)²]`` of unit directions ``d [..., 3]``, degrees 0-3.
+
+    The order and signs of the authors' ``computeColorFromSH`` (orthonormal on the sphere; a test integrates them).
+    """
+    x, y, z = d.unbind(-1)
+    out = [torch.full_like(x, SH_C0)]
+    if degree >= 1:
+        out += [-SH_C1 * y, SH_C1 * z, -SH_C1 * x]
+    if degree >= 2:
+        xx, yy, zz = x * x, y * y, z * z
+        out += [
+            SH_C2[0] * x * y,
+            SH_C2[1] * y * z,
+            SH_C2[2] * (2 * zz - xx - yy),
+            SH_C2[3] * x * z,
+            SH_C2[4] * (xx - yy),
+        ]
+    if degree >= 3:
+        out += [
+            SH_C3[0] * y * (3 * xx - yy),
+            SH_C3[1] * x * y * z,
+            SH_C3[2] * y * (4 * zz - xx - yy),
+            SH_C3[3] * z * (2 * zz - 3 * xx - 3 * yy),
+            SH_C3[4] * x * (4 * zz - xx - yy),
+            SH_C3[5] * z * (xx - yy),
+            SH_C3[6] * x * (xx - 3 * yy),
+        ]
+    return torch.stack(out, dim=-1)
 
 
 def quaternion_to_matrix(q: Tensor) -> Tensor:
@@ -196,23 +232,16 @@ class GaussianSplat(Model):
         return M @ M.transpose(-1, -2)
 
     def colors_for(self, view: Tensor) -> Tensor:
-        """SH colours ``[B, N, 3]`` seen from each camera (the authors' ``computeColorFromSH``, degrees 0-1)."""
+        """SH colours ``[B, N, 3]`` seen from each camera: ``max(0, Σ_k Y_k(d) sh_k + 0.5)``, d from the camera."""
         B = view.shape[0]
         colors, means = self.colors.to(view.dtype), self.means.to(view.dtype)
-        rgb = SH_C0 * colors[:, 0].expand(B, -1, -1)
-        if self.config.sh_degree >= 1:
-            R, t = view[:, :3, :3], view[:, :3, 3]
-            campos = -torch.einsum("bji,bj->bi", R, t)  # -R^T t
-            d = torch.nn.functional.normalize(means[None] - campos[:, None], dim=-1)
-            x, y, z = d.unbind(-1)
-            sh = colors
-            rgb = (
-                rgb
-                - SH_C1 * y[..., None] * sh[:, 1]
-                + SH_C1 * z[..., None] * sh[:, 2]
-                - SH_C1 * x[..., None] * sh[:, 3]
-            )
-        return (rgb + 0.5).clamp_min(0.0)
+        if self.config.sh_degree == 0:
+            return (SH_C0 * colors[:, 0].expand(B, -1, -1) + 0.5).clamp_min(0.0)
+        R, t = view[:, :3, :3], view[:, :3, 3]
+        campos = -torch.einsum("bji,bj->bi", R, t)  # -R^T t
+        d = torch.nn.functional.normalize(means[None] - campos[:, None], dim=-1)  # (B, N, 3)
+        basis = sh_basis(d, self.config.sh_degree)  # (B, N, K)
+        return (torch.einsum("bnk,nkc->bnc", basis, colors) + 0.5).clamp_min(0.0)
 
     def forward(self, view_matrix: Tensor) -> SplatOutput:
         """Render the scene for cameras ``view_matrix [B, 4, 4]`` (world to camera) -> image and alpha.

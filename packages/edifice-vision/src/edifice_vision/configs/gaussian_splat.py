@@ -29,7 +29,7 @@ class GaussianSplatConfig(ArchConfig):
 
     arch: str = field("gaussian_splat", "Registry name of the architecture this config builds.")
     num_gaussians: int = field(1024, "Number of 3-D Gaussians in the scene.")
-    sh_degree: int = field(0, "Degree of the spherical-harmonic colours: 0 (view-independent) or 1.")
+    sh_degree: int = field(0, "Degree of the spherical-harmonic colours: 0 (view-independent) to 3 (the paper's).")
     image_size: int = field(64, "Side of the rendered (square) image in pixels.")
     fov: float = field(60.0, "Field of view of the camera in degrees (both axes).")
     near_plane: float = field(
@@ -43,7 +43,7 @@ class GaussianSplatConfig(ArchConfig):
         """Positive sizes, a supported SH degree, a field of view in (0, 180)."""
         super().validate()
         self.check_positive("num_gaussians", "image_size", "near_plane", "init_extent", "pixel_chunk")
-        self.check_choice("sh_degree", (0, 1))
+        self.check_choice("sh_degree", (0, 1, 2, 3))
         if not 0.0 < self.fov < 180.0:
             self.fail("fov", "must lie in (0, 180) degrees")
         self.check_range("background", 0.0, 1.0)
