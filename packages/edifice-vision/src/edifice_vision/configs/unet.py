@@ -102,7 +102,7 @@ SPECS = (
             "image_size": 16,
         },
         verification="property:skip connections carry the encoder's features past a cut bottleneck; "
-        "the time embedding (fp64 sinusoid) enters every residual block",
+        "the time embedding (DDPM sinusoid, fp64 oracle) enters every residual block",
     ),
 )
 
