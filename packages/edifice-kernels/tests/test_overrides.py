@@ -80,3 +80,23 @@ def test_the_reference_mode_turns_every_kernel_off() -> None:
     ).stdout  # fmt: skip
     auto = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert (env_ref.strip(), auto.strip()) == ("reference", "triton_rms_norm")
+
+
+def test_a_probe_first_called_under_no_grad_still_checks_the_backward(monkeypatch: pytest.MonkeyPatch) -> None:
+    # On the GPU the first call that can use a kernel is often a decoding step under no_grad: the probe's backward
+    # check must not fail there (it once did, disabling every kernel for the process).
+    from edifice_kernels import _common
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+
+    def check(device: torch.device) -> None:
+        x = torch.ones(3, requires_grad=True)
+        (x * 2).sum().backward()
+        assert x.grad is not None
+
+    with torch.no_grad():
+        assert _common.cuda_probe(check)
+    with torch.inference_mode():
+        assert _common.cuda_probe(check)

@@ -51,7 +51,10 @@ def cuda_probe(check: Callable[[torch.device], None]) -> bool:
     override as failed, warns once and falls back to the reference."""
     if not torch.cuda.is_available():
         return False
-    check(torch.device("cuda", torch.cuda.current_device()))
+    # The first call that could use a kernel runs its probe, and that call may be decoding under no_grad (or
+    # inference_mode): the probe's backward check needs autograd whatever the caller's mode.
+    with torch.inference_mode(False), torch.enable_grad():
+        check(torch.device("cuda", torch.cuda.current_device()))
     torch.cuda.synchronize()
     return True
 
