@@ -40,6 +40,7 @@ BLOCK_PROVIDERS: dict[str, str] = {
     "mamba": "edifice-ssm",
     "mamba2": "edifice-ssm",
     "hyena": "edifice-ssm",
+    "unet": "edifice-vision",
 }
 
 #: The generic blocks core itself provides; the registry holds them from the start (no plugin needed).
