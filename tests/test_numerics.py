@@ -63,6 +63,16 @@ def _cases(names: list[str], known: Mapping[str, str] | None = None) -> list[Any
     ]
 
 
+@pytest.fixture
+def device_lock(request: pytest.FixtureRequest) -> None:
+    """On CUDA, hold the GPU's memory alone among the run's workers (default-size models at T = 4096 fill it).
+
+    Decoding keeps only a state and runs in parallel; the forward and backward over 4096 positions take the lock.
+    """
+    if request.node.callspec.params["device"] == "cuda":
+        request.getfixturevalue("cuda_heavy")
+
+
 def _build(arch: str, device: str) -> nn.Module:
     """The entry in bf16: tiny on the CPU, default size on CUDA; a field bounding the length set to T_LONG."""
     missing = missing_requirements(arch)
@@ -119,6 +129,7 @@ def _max_abs(tensors: Iterator[torch.Tensor]) -> float:
 
 
 @pytest.mark.parametrize(("arch", "device"), _cases(CAUSAL, KNOWN_LONG_SEQUENCE_FAILURES))
+@pytest.mark.usefixtures("device_lock")
 def test_long_sequence_bf16(arch: str, device: str, record_property: pytest.RecordProperty) -> None:
     model = _build(arch, device).train()
     batch = 1 if device == "cpu" else 2

@@ -40,7 +40,7 @@ CASES: dict[str, tuple[str, dict[str, Any], tuple[str, ...], Callable[[], nn.Mod
     "hgrn_v2": (
         "HGRN2Attention",
         {"num_heads": H, "expand_ratio": None},
-        ("chunk", "fused_chunk", "fused_recurrent"),
+        ("chunk", "fused_recurrent"),  # fla 0.6 removed fused_chunk_gla, which HGRN-2's fused_chunk mode called
         lambda: HGRN2Attention(HGRN2Config(d_model=D, n_heads=H, norm_eps=1e-5)),
         {"k_proj.weight": "f_proj.weight", "v_proj.weight": "i_proj.weight", "o_norm.weight": "g_norm.weight"},
     ),
@@ -70,7 +70,9 @@ def test_mixer_matches_fla_layer_on_gpu(case: str, mode: str) -> None:
     source = layer.state_dict()
     mixer.load_state_dict({name: source[rename.get(name, name)] for name in mixer.state_dict()})
     x = torch.randn(2, 100, D, device="cuda", generator=torch.Generator(device="cuda").manual_seed(1))
-    for dtype, tol in ((torch.float32, 1e-3), (torch.bfloat16, 2e-2)):
+    # fp32: Triton's tl.dot multiplies fp32 in TF32 (10-bit mantissa) unless told otherwise, and fla's chunked kernels
+    # do: 2e-3 relative error over T = 100 is TF32's (an H100 measured 1.4e-3 for fused_chunk).
+    for dtype, tol in ((torch.float32, 2e-3), (torch.bfloat16, 2e-2)):
         with torch.no_grad():
             want = layer.to(dtype)(x.to(dtype))[0].float()  # T = 100 > 64: fla runs the mode asked for
             got = mixer(x.float())

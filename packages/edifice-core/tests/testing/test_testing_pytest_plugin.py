@@ -255,3 +255,15 @@ def test_mutate_all_covers_every_known_op(run_pytest: Callable[..., Outcome]) ->
     outcome = run_pytest(MUTATED, "--edifice-mutate", "all")
     for op in MUTATIONS:
         assert f"{op}: " in outcome.stdout
+
+
+def test_cuda_heavy_holds_a_lock_file_shared_by_the_run(
+    cuda_heavy: None, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    import fcntl
+
+    lock_path = tmp_path_factory.getbasetemp().parent / "edifice-cuda-heavy.lock"
+    assert lock_path.exists()
+    # A second holder (another worker) cannot take it while this test runs.
+    with open(lock_path, "a") as other, pytest.raises(BlockingIOError):
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -22,6 +22,10 @@ It adds:
   slowest checks;
 * ``--edifice-check-time-limit SECONDS``: the hang guard, after which a check still running fails (default 60 s, or
   the ``EDIFICE_CHECK_TIME_LIMIT`` environment variable; ``0`` disables it);
+* the ``cuda_heavy`` fixture: a test that needs much of the GPU's memory (default-size models at T = 4096) takes
+  it, and runs while no other such test does on any pytest-xdist worker of the run; after every test that used CUDA
+  the worker hands its cached blocks back to the driver (``torch.cuda.empty_cache``), so the memory one worker's test
+  freed can serve another worker's (twelve workers sharing an H100 ran out of memory without both);
 * under pytest-xdist, each worker's PyTorch intra-op threads are PyTorch's default divided by the number of workers
   (unless ``OMP_NUM_THREADS`` is set): two workers each running two threads on two cores made every check pay for
   the oversubscription (timings varied up to 1.8x).
@@ -30,6 +34,7 @@ It adds:
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any, cast
 
@@ -39,7 +44,7 @@ from edifice.plugins import PluginRecord
 from edifice.testing import timing
 from edifice.testing.registration import registrar
 
-__all__ = ["edifice_plugin"]
+__all__ = ["cuda_heavy", "edifice_plugin"]
 
 _USER_PROPERTY = "edifice_check_seconds"
 _MUTATION_PROPERTY = "edifice_mutation"
@@ -141,6 +146,38 @@ def edifice_plugin() -> Iterator[Callable[..., PluginRecord]]:
     """Register plugin objects (or spec items) for this test: ``edifice_plugin(obj_or_specs..., name=None)``."""
     with registrar() as register:
         yield register
+
+
+@pytest.fixture
+def cuda_heavy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Run this test while no other ``cuda_heavy`` test runs on any xdist worker of the session (a file lock)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no lock; run heavy GPU tests with one worker there
+        yield
+        return
+    # Every worker's base temp is a child of one session folder, so the lock file is shared across workers.
+    lock_path = tmp_path_factory.getbasetemp().parent / "edifice-cuda-heavy.lock"
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            _release_cuda_cache()
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _release_cuda_cache() -> None:
+    """Hand this process's cached, unused CUDA blocks back to the driver (nothing when CUDA never started)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    """After each test, free the CUDA memory it cached, for the other workers sharing the GPU."""
+    _release_cuda_cache()
 
 
 class _TimingReport:
