@@ -32,6 +32,7 @@ API_PACKAGES = (
     "edifice_recurrent",
     "edifice_vision",
     "edifice_kernels",
+    "edifice_generative",
     "edifice_arena",
 )
 

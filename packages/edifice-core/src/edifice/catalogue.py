@@ -29,7 +29,15 @@ __all__ = [
 #: Distributions the meta package ``edifice`` has extras for: what is released (a test checks this against
 #: packages/edifice/pyproject.toml, so adding a family's extras there means adding it here).
 RELEASED: frozenset[str] = frozenset(
-    {"edifice-arena", "edifice-attention", "edifice-kernels", "edifice-recurrent", "edifice-ssm", "edifice-vision"}
+    {
+        "edifice-arena",
+        "edifice-attention",
+        "edifice-generative",
+        "edifice-kernels",
+        "edifice-recurrent",
+        "edifice-ssm",
+        "edifice-vision",
+    }
 )
 
 #: This project's distributions that register no architecture, so the catalogue's rows do not name them.

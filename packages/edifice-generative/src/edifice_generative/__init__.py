@@ -1,0 +1,1 @@
+"""Edifice generative architectures, with their losses and samplers."""

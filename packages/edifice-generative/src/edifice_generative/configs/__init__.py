@@ -1,0 +1,1 @@
+"""Torch-free configs of edifice-generative; each module also declares its architectures' ``SPECS``."""
