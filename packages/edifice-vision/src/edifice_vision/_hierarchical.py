@@ -18,7 +18,14 @@ from torch import Tensor, nn
 
 from edifice.blocks.norms import LayerNorm
 
-__all__ = ["LayerNorm2d", "LayerScale2d", "assert_intermediates_match_timm", "stage_dims", "trunc_normal_init"]
+__all__ = [
+    "DownsampleStage",
+    "LayerNorm2d",
+    "LayerScale2d",
+    "assert_intermediates_match_timm",
+    "stage_dims",
+    "trunc_normal_init",
+]
 
 
 class LayerNorm2d(LayerNorm):
@@ -27,6 +34,20 @@ class LayerNorm2d(LayerNorm):
     def forward(self, x: Tensor) -> Tensor:
         """``[B, C, H, W] -> [B, C, H, W]``."""
         return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class DownsampleStage(nn.Module):
+    """A stage of a hierarchical backbone: a downsampling layer (identity in the first stage), then its blocks."""
+
+    def __init__(self, downsample: nn.Module, blocks: list[nn.Module]) -> None:
+        super().__init__()
+        self.downsample = downsample
+        self.blocks = nn.Sequential(*blocks)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[B, C_in, H, W] -> [B, C_out, H', W']``."""
+        out: Tensor = self.blocks(self.downsample(x))
+        return out
 
 
 class LayerScale2d(nn.Module):

@@ -42,7 +42,7 @@ from edifice.blocks.ffn import FeedForward
 from edifice.blocks.norms import get_norm
 from edifice.errors import CheckpointError
 from edifice_vision._backbone import DropPath, FeatureInfo, ImageBackbone, stochastic_depth_rates
-from edifice_vision._hierarchical import LayerNorm2d, trunc_normal_init
+from edifice_vision._hierarchical import DownsampleStage, LayerNorm2d, trunc_normal_init
 from edifice_vision._timm_convert import load_converted, rename_keys, timm_state_dict, weight_shape
 from edifice_vision._vit_blocks import LayerScale
 from edifice_vision.configs.convnext import ConvNeXtConfig
@@ -94,20 +94,6 @@ class ConvNeXtBlock(nn.Module):
         return out
 
 
-class ConvNeXtStage(nn.Module):
-    """A downsampling layer (LayerNorm, 2x2 stride-2 conv; none in stage 0) then the stage's blocks."""
-
-    def __init__(self, downsample: nn.Module, blocks: list[nn.Module]) -> None:
-        super().__init__()
-        self.downsample = downsample
-        self.blocks = nn.Sequential(*blocks)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """``[B, C_in, H, W] -> [B, C_out, H', W']``."""
-        out: Tensor = self.blocks(self.downsample(x))
-        return out
-
-
 class ConvNeXt(ImageBackbone):
     """ConvNeXt (Liu et al. 2022; V2's GRN with ``version='v2'``): stem, four stages, pool-LayerNorm-linear head."""
 
@@ -129,7 +115,7 @@ class ConvNeXt(ImageBackbone):
                 else nn.Identity()
             )
             blocks: list[nn.Module] = [ConvNeXtBlock(c, dim, rates[first + j]) for j in range(depth)]
-            self.stages.append(ConvNeXtStage(downsample, blocks))
+            self.stages.append(DownsampleStage(downsample, blocks))
             self.feature_info.append(FeatureInfo(dim, p * 2**i, f"stages.{i}"))
             first += depth
         self.head_norm = get_norm("layernorm", c.dims[-1], eps=c.norm_eps)  # after the pooling (authors' head)

@@ -40,7 +40,7 @@ import edifice
 from edifice.blocks.ffn import FeedForward
 from edifice.errors import CheckpointError
 from edifice_vision._backbone import DropPath, FeatureInfo, ImageBackbone, stochastic_depth_rates
-from edifice_vision._hierarchical import LayerNorm2d, LayerScale2d, stage_dims, trunc_normal_init
+from edifice_vision._hierarchical import DownsampleStage, LayerNorm2d, LayerScale2d, stage_dims, trunc_normal_init
 from edifice_vision._timm_convert import load_converted, rename_keys, timm_state_dict, weight_shape
 from edifice_vision.configs.focalnet import FocalNetConfig
 
@@ -129,20 +129,6 @@ class PatchEmbed2d(nn.Module):
         return out
 
 
-class FocalNetStage(nn.Module):
-    """A stride-2 patch embedding (none in stage 0) then the stage's blocks."""
-
-    def __init__(self, downsample: nn.Module, blocks: list[nn.Module]) -> None:
-        super().__init__()
-        self.downsample = downsample
-        self.blocks = nn.Sequential(*blocks)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """``[B, C_in, H, W] -> [B, C_out, H', W']``."""
-        out: Tensor = self.blocks(self.downsample(x))
-        return out
-
-
 class FocalNet(ImageBackbone):
     """FocalNet (Yang et al. 2022): patch embedding, stages of focal-modulation blocks, LayerNorm, pool, linear."""
 
@@ -166,7 +152,7 @@ class FocalNet(ImageBackbone):
             blocks: list[nn.Module] = [
                 FocalNetBlock(c, dims[i], c.focal_levels[i], c.focal_windows[i], rates[first + j]) for j in range(depth)
             ]
-            self.stages.append(FocalNetStage(downsample, blocks))
+            self.stages.append(DownsampleStage(downsample, blocks))
             self.feature_info.append(FeatureInfo(dims[i], c.patch_size * 2**i, f"stages.{i}"))
             first += depth
         self.final_norm = LayerNorm2d(dims[-1], eps=c.norm_eps)
