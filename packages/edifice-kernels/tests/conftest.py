@@ -84,3 +84,39 @@ def nan_empty(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(torch, "empty", lambda *a, **k: nan_fill(empty(*a, **k)))
     monkeypatch.setattr(torch, "empty_like", lambda *a, **k: nan_fill(empty_like(*a, **k)))
+
+
+def _after_in_place(fn: Callable[..., Any], inputs: dict[str, Any], target: str, **options: Any) -> tuple[Any, ...]:
+    """Gradients of every floating input after modifying ``target`` (an input's name, or ``"out<i>"``) in place
+    between the call and the backward, as callers do with the states they carry."""
+    leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+    args = {k: leaves[k] * 1 if k in leaves else v for k, v in inputs.items()}  # non-leaves: modifiable in place
+    out = fn(**args, **options)
+    outs = out if isinstance(out, tuple) else (out,)
+    with torch.no_grad():
+        (outs[int(target[3:])] if target.startswith("out") else args[target]).mul_(1.0)
+    gen = torch.Generator().manual_seed(7)
+    loss = sum((o.float() * torch.randn(o.shape, generator=gen).to(o.device)).sum() for o in outs if o.requires_grad)
+    return torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+
+
+@pytest.fixture
+def assert_in_place_allowed() -> Callable[..., None]:
+    """``assert_in_place_allowed(kernel, reference, inputs, targets, dtype, **options)``: for each target the
+    reference lets a caller modify in place after the call, so does the kernel, with the same gradients."""
+
+    def check(
+        kernel: Callable[..., Any],
+        reference: Callable[..., Any],
+        inputs: dict[str, Any],
+        targets: list[str],
+        dtype: torch.dtype,
+        **options: Any,
+    ) -> None:
+        for target in targets:
+            want = _after_in_place(reference, inputs, target, **options)  # raises if the reference forbids it
+            got = _after_in_place(kernel, inputs, target, **options)
+            for i, (g, w) in enumerate(zip(got, want, strict=True)):
+                _assert_matches(g, w, dtype, f"gradient {i} after modifying {target} in place")
+
+    return check

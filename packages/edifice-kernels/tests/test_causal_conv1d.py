@@ -96,3 +96,28 @@ def test_decode_step_captures_in_a_cuda_graph() -> None:
         static_s.copy_(torch.randn(static_s.shape, generator=gen))
         graph.replay()
         torch.testing.assert_close(static_y, causal_conv1d_reference(static_x, w, b, static_s), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_state_and_output_may_be_modified_in_place_after_the_call(
+    assert_in_place_allowed: Callable[..., None], dtype: torch.dtype
+) -> None:
+    # Callers carry their history in place (``state.copy_(causal_conv1d_state(...))``, Titans' ShortConvs); the
+    # kernel once saved the caller's state for its backward and failed there on an H100 (titans MAC).
+    inputs = _inputs(2, 5, 3, 4, dtype, bias=True, state=True)
+    assert_in_place_allowed(causal_conv1d, causal_conv1d_reference, inputs, ["initial_state", "bias", "out0"], dtype)
+
+
+def test_decode_steps_carrying_the_state_in_place_backpropagate(assert_matches: Callable[..., None]) -> None:
+    inputs = _inputs(2, 4, 5, 4, torch.float32, bias=True, state=True)
+
+    def run(fn: Callable[..., torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        x, w, s0 = (inputs[k].detach().clone().requires_grad_() for k in ("x", "weight", "initial_state"))
+        state, ys = s0 * 1, []
+        for t in range(x.shape[1]):
+            ys.append(fn(x[:, t : t + 1], w, inputs["bias"], state))
+            state.copy_(causal_conv1d_state(x[:, t : t + 1], state, 4))
+        return torch.autograd.grad(torch.cat(ys, 1).square().sum(), (x, w, s0))
+
+    for name, g, w in zip(("dx", "dweight", "dstate"), run(causal_conv1d), run(causal_conv1d_reference), strict=True):
+        assert_matches(g, w, torch.float32, name)

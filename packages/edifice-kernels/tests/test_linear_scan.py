@@ -105,3 +105,16 @@ def test_decode_step_captures_in_a_cuda_graph(log: bool) -> None:
         want = reference(a, b, want)[:, 0]
         graph.replay()
     torch.testing.assert_close(h, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("log", [False, True], ids=["linear", "log"])
+def test_the_initial_state_and_output_may_be_modified_in_place_after_the_call(
+    assert_in_place_allowed: Callable[..., None], log: bool, dtype: torch.dtype
+) -> None:
+    # Decoding carries h in place; the kernel once returned a view made inside forward (no in-place on the output)
+    # and saved the output and the caller's initial state (the log scan's reference saves neither).
+    inputs = _inputs(log, 2, 5, (3,), (3,), True, dtype)
+    fn, ref = (log_scan, log_scan_reference) if log else (linear_recurrence, linear_recurrence_reference)
+    targets = ["out0"] + (["log_initial"] if log else ["initial"] if dtype != torch.float32 else [])
+    assert_in_place_allowed(fn, ref, inputs, targets, dtype)

@@ -105,3 +105,15 @@ def test_gated_rms_norm_on_gpu(
         assert ops.selected("gated_rms_norm", **inputs, group_size=group_size) == "triton_gated_rms_norm"
         kernel = op
     compare_with_reference(kernel, gated_reference, inputs, dtype, eps=1e-5, group_size=group_size)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_output_and_a_low_precision_weight_may_be_modified_in_place(
+    assert_in_place_allowed: Callable[..., None], dtype: torch.dtype
+) -> None:
+    # The output was a view made inside forward (no in-place allowed); the reference copies a non-fp32 weight.
+    inputs = _inputs((2, 3, 8), dtype, weight=True)
+    targets = ["out0"] + (["weight"] if dtype != torch.float32 else [])
+    assert_in_place_allowed(rms_norm, rms_norm_reference, inputs, targets, dtype, eps=1e-5)
+    gated = _inputs((2, 3, 8), dtype, weight=True, gate=True)
+    assert_in_place_allowed(gated_rms_norm, gated_reference, gated, targets, dtype, group_size=4)

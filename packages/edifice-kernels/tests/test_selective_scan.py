@@ -112,3 +112,14 @@ def test_decode_step_captures_in_a_cuda_graph() -> None:
         graph.replay()
         torch.testing.assert_close(y, want_y, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(state, want_state, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_state_bias_and_outputs_may_be_modified_in_place_after_the_call(
+    assert_in_place_allowed: Callable[..., None], dtype: torch.dtype
+) -> None:
+    # The reference saves softplus(delta + delta_bias), never the bias itself; the kernel keeps its own copy (and of
+    # the initial state, which the reference saves, so modifying it in place is an error there and not checked).
+    inputs = _inputs(2, 5, 4, 3, 0, dtype)
+    targets = ["delta_bias", "out0"]
+    assert_in_place_allowed(selective_scan, selective_scan_reference, inputs, targets, dtype, return_final_state=True)

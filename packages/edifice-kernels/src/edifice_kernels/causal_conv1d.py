@@ -114,7 +114,12 @@ def _bwd_kernel(
 class _CausalConv1d(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, state: torch.Tensor | None
+        ctx: Any,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        state: torch.Tensor | None,
+        save: bool,
     ) -> torch.Tensor:
         B, T, C = x.shape
         K = weight.shape[1]
@@ -127,6 +132,12 @@ class _CausalConv1d(torch.autograd.Function):
             _fwd_kernel[grid](
                 x, weight, bias, state, y, T, C, K=K, HAS_B=bias is not None, HAS_S=state is not None, BT=_BT, BC=_BC
             )
+        if save:
+            # The reference saves neither the state nor x (it concatenates them), and callers update their state in
+            # place right after the call (``state.copy_(causal_conv1d_state(...))``): keep our own copy of the state.
+            # The weight is saved as the reference's conv saves it: itself in x's dtype, else a copy.
+            state = None if state is None else state.clone()
+            weight = weight if weight.dtype == x.dtype else weight.clone()
         ctx.save_for_backward(x, weight, state)
         ctx.has_bias, ctx.bias_dtype = bias is not None, None if bias is None else bias.dtype
         return y
@@ -153,7 +164,7 @@ class _CausalConv1d(torch.autograd.Function):
         else:
             dweight = torch.zeros_like(weight)
             dbias = None if not ctx.has_bias else torch.zeros(C, device=x.device, dtype=ctx.bias_dtype)
-        return dx, dweight, dbias, ds
+        return dx, dweight, dbias, ds, None
 
 
 def causal_conv1d(
@@ -163,7 +174,8 @@ def causal_conv1d(
     initial_state: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The ``causal_conv1d`` op's kernel: same arguments and result as ``edifice.ops.causal_conv1d``."""
-    y: torch.Tensor = _CausalConv1d.apply(x, weight, bias, initial_state)
+    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias, initial_state))
+    y: torch.Tensor = _CausalConv1d.apply(x, weight, bias, initial_state, save)
     return y
 
 

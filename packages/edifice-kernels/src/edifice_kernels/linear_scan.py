@@ -184,18 +184,27 @@ class _Scan(torch.autograd.Function):
         a3 = a.expand_as(x).reshape(batch, T, S).contiguous()
         x3 = x.reshape(batch, T, S).contiguous()
         h03 = None if h0 is None else h0.expand(batch, *x.shape[2:]).reshape(batch, S).contiguous()
-        h = torch.empty(batch, T, S, device=x.device, dtype=out_dtype)
-        write32 = save and out_dtype != torch.float32
-        h32 = torch.empty(batch, T, S, device=x.device, dtype=torch.float32) if write32 else h
+        # h in x's shape (a view made inside ``forward`` could not be modified in place by the caller), and the
+        # fp32 states the backward reads in a buffer of their own: the reference saves neither its output nor
+        # ``initial``'s storage in log space, and callers update states in place after the call.
+        h = torch.empty(x.shape, device=x.device, dtype=out_dtype)
+        h32 = torch.empty(batch, T, S, device=x.device, dtype=torch.float32) if save else h
         BT, BS = _tiles(x.device, batch, T, S)
         if h.numel():
             _fwd_kernel[(batch, triton.cdiv(S, BS))](
-                a3, x3, h03, h, h32, T, S, LOG=log, HAS_H0=h03 is not None, WRITE32=write32, BT=BT, BS=BS
+                a3, x3, h03, h, h32, T, S, LOG=log, HAS_H0=h03 is not None, WRITE32=save, BT=BT, BS=BS
             )
+        if (
+            save
+            and h0 is not None
+            and h03 is not None
+            and h03.untyped_storage().data_ptr() == h0.untyped_storage().data_ptr()
+        ):
+            h03 = h03.clone()
         ctx.save_for_backward(a3, x3 if log else None, h03, h32 if save else None)
         ctx.log, ctx.shapes = log, (a.shape, x.shape, None if h0 is None else h0.shape)
         ctx.dtypes = (a.dtype, x.dtype, None if h0 is None else h0.dtype)
-        return h.view(x.shape)
+        return h
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:

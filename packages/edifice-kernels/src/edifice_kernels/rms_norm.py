@@ -105,7 +105,9 @@ class _RMSNorm(torch.autograd.Function):
         z2 = None if z is None else z.reshape(-1, D).contiguous()
         w = None if weight is None else weight.contiguous()
         M, GS = x2.shape[0], D // groups
-        y = torch.empty_like(x2)
+        # Allocated in x's shape, not returned as a view of a flat buffer: a caller may modify a Function's output
+        # in place (as it may the reference's), which autograd forbids for a view made inside ``forward``.
+        y = torch.empty(x.shape, device=x.device, dtype=x.dtype)
         rstd = torch.empty(M, groups, device=x.device, dtype=torch.float32)
         block = next_pow2(GS)
         if M > 0:
@@ -113,9 +115,10 @@ class _RMSNorm(torch.autograd.Function):
                 x2, z2, w, y, rstd, D, GS, groups, eps,
                 HAS_Z=z is not None, HAS_W=w is not None, BLOCK=block, num_warps=_warps(block),
             )  # fmt: skip
-        ctx.save_for_backward(x2, z2, w, rstd)
+        # The reference saves the weight itself only in fp32 (``weight.float()``), else a copy; so do we (it is small).
+        ctx.save_for_backward(x2, z2, w if w is None or w.dtype == torch.float32 else w.clone(), rstd)
         ctx.groups, ctx.shape = groups, x.shape
-        return y.view(x.shape)
+        return y
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:

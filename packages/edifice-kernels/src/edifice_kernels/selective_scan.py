@@ -272,6 +272,11 @@ class _SelectiveScan(torch.autograd.Function):
                 HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
                 HAS_H0=initial_state is not None, SAVE=save, BT=BT, BD=BD, BN=BN, num_warps=4,
             )  # fmt: skip
+        if save:
+            # Small tensors that callers update in place (the state they carry, a bias under a fused optimizer) are
+            # saved as our own copies: the reference saves softplus(delta + delta_bias), never delta_bias itself.
+            delta_bias = None if delta_bias is None else delta_bias.clone()
+            initial_state = None if initial_state is None else initial_state.clone()
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, ckpt)
         ctx.softplus, ctx.groups = softplus, groups
         ctx.mark_non_differentiable(h_T) if not save else None
