@@ -8,6 +8,7 @@ those of :mod:`edifice_generative.schedules`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -93,11 +94,11 @@ def ddpm_step(
     x0 = predict_x0(model_output, x_t, a_t, prediction)
     if clip_sample is not None:
         x0 = x0.clamp(-clip_sample, clip_sample)
-    mean = (a_prev**0.5 * beta / (1 - a_t)) * x0 + (alpha**0.5 * (1 - a_prev) / (1 - a_t)) * x_t
+    mean = (math.sqrt(a_prev) * beta / (1 - a_t)) * x0 + (math.sqrt(alpha) * (1 - a_prev) / (1 - a_t)) * x_t
     if t_prev < 0:
         return mean
     variance = max((1 - a_prev) / (1 - a_t) * beta, 1e-20)
-    return mean + variance**0.5 * _noise_like(x_t, generator, noise)
+    return mean + math.sqrt(variance) * _noise_like(x_t, generator, noise)
 
 
 def ddim_step(
@@ -124,8 +125,8 @@ def ddim_step(
     eps = predict_epsilon(model_output, x_t, a_t, prediction)
     if clip_sample is not None:
         x0 = x0.clamp(-clip_sample, clip_sample)
-    sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) ** 0.5
-    out = a_prev**0.5 * x0 + max(1 - a_prev - sigma**2, 0.0) ** 0.5 * eps
+    sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
+    out = math.sqrt(a_prev) * x0 + math.sqrt(max(1 - a_prev - sigma**2, 0.0)) * eps
     if eta > 0:
         out = out + sigma * _noise_like(x_t, generator, noise)
     return out
