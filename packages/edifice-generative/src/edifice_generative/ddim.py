@@ -48,7 +48,7 @@ class DDIM(Diffusion):
             lambda x, t: self._denoise(x, t, labels),
             self.sample_shape(batch_size),
             self.alphas_cumprod(),
-            steps=steps or c.sample_steps,
+            steps=steps or min(c.sample_steps, c.num_train_timesteps),
             eta=c.eta if eta is None else eta,
             prediction=c.prediction,
             clip_sample=c.clip_sample,

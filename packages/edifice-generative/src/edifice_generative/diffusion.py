@@ -80,7 +80,7 @@ class Diffusion(DenoisingModel):
             lambda x, t: self._denoise(x, t, labels),
             self.sample_shape(batch_size),
             self.alphas_cumprod(),
-            steps=steps or c.sample_steps,
+            steps=steps or min(c.sample_steps, c.num_train_timesteps),
             prediction=c.prediction,
             clip_sample=c.clip_sample,
             generator=generator,
