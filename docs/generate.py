@@ -33,6 +33,7 @@ API_PACKAGES = (
     "edifice_vision",
     "edifice_kernels",
     "edifice_generative",
+    "edifice_quant",
     "edifice_arena",
 )
 

@@ -34,6 +34,7 @@ RELEASED: frozenset[str] = frozenset(
         "edifice-attention",
         "edifice-generative",
         "edifice-kernels",
+        "edifice-quant",
         "edifice-recurrent",
         "edifice-ssm",
         "edifice-vision",

@@ -1,0 +1,1 @@
+"""Edifice adapters and quantization."""

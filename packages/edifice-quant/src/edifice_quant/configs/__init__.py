@@ -1,0 +1,1 @@
+"""Torch-free configs of edifice-quant; each module also declares its entries' ``SPECS``."""
