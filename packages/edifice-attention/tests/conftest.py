@@ -183,3 +183,30 @@ def fla_oracle() -> Any:
     from types import SimpleNamespace
 
     return SimpleNamespace(rms=_rms, lm_logits=_fla_lm_logits, load_layer=_load_fla_layer)
+
+
+def _check_padded_decoding(model: torch.nn.Module, T: int, pad: int, prefill: int, seed: int) -> None:
+    """Prefill ``prefill`` positions of a batch whose second row is left-padded by ``pad``, then step one position at a
+    time (dynamic and static cache): equals ``forward`` on the valid positions, and the padded row equals that row
+    alone."""
+    ids = torch.randint(0, 30, (2, T), generator=torch.Generator().manual_seed(seed))
+    mask = torch.ones(2, T, dtype=torch.bool)
+    mask[1, :pad] = False
+    with torch.no_grad():
+        full = model(input_ids=ids, attention_mask=mask)
+        alone = model(input_ids=ids[1:, pad:])
+        for max_len in (None, T):
+            state = model.init_state(2, max_len=max_len)
+            y, state = model.step(ids[:, :prefill], state, attention_mask=mask[:, :prefill])
+            pieces = [y]
+            for t in range(prefill, T):
+                y, state = model.step(ids[:, t : t + 1], state)
+                pieces.append(y)
+            torch.testing.assert_close(torch.cat(pieces, 1)[:, pad:], full[:, pad:], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(full[1:, pad:], alone, atol=1e-4, rtol=1e-4)  # left padding is exact
+
+
+@pytest.fixture
+def check_padded_decoding() -> Any:
+    """``check_padded_decoding(model, T, pad, prefill, seed)``: see :func:`_check_padded_decoding`."""
+    return _check_padded_decoding

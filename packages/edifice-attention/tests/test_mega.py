@@ -11,6 +11,7 @@ mutation (unmasked) break it, and so would plain attention without the gates. De
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -115,24 +116,10 @@ def test_without_the_gates_the_oracle_disagrees() -> None:
     "overrides",
     [{"window_size": 3}, {"laplace_attention": True, "window_size": 4}, {"prenorm": False, "norm": "rmsnorm"}],
 )
-def test_prefill_and_steps_reproduce_forward(overrides: dict[str, object]) -> None:
+def test_prefill_and_steps_reproduce_forward(overrides: dict[str, object], check_padded_decoding: Any) -> None:
     model = build(**overrides)
     perturb(model, seed=4)
-    ids = torch.randint(0, 30, (2, 11), generator=torch.Generator().manual_seed(5))
-    mask = torch.ones(2, 11, dtype=torch.bool)
-    mask[1, :3] = False  # a left-padded prompt
-    with torch.no_grad():
-        full = model(input_ids=ids, attention_mask=mask)
-        alone = model(input_ids=ids[1:, 3:])
-        for max_len in (None, 11):
-            state = model.init_state(2, max_len=max_len)
-            y, state = model.step(ids[:, :5], state, attention_mask=mask[:, :5])
-            pieces = [y]
-            for t in range(5, 11):
-                y, state = model.step(ids[:, t : t + 1], state)
-                pieces.append(y)
-            torch.testing.assert_close(torch.cat(pieces, 1)[:, 3:], full[:, 3:], atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(full[1:, 3:], alone, atol=1e-4, rtol=1e-4)  # left padding is exact
+    check_padded_decoding(model, T=11, pad=3, prefill=5, seed=5)
 
 
 def test_chunks_do_not_attend_across_boundaries() -> None:

@@ -10,6 +10,7 @@ its formula, also carried over calls and with padding. Decoding: ``step`` reprod
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -160,24 +161,10 @@ def test_timestep_norm_is_causal_unlike_a_group_norm() -> None:
 
 
 @pytest.mark.parametrize("overrides", [{"window_size": 3}, {"window_size": None, "swiglu": True, "rescale_ffn": True}])
-def test_prefill_and_steps_reproduce_forward(overrides: dict[str, object]) -> None:
+def test_prefill_and_steps_reproduce_forward(overrides: dict[str, object], check_padded_decoding: Any) -> None:
     model = build(**overrides)
     perturb(model, seed=5)
-    ids = torch.randint(0, 30, (2, 10), generator=torch.Generator().manual_seed(6))
-    mask = torch.ones(2, 10, dtype=torch.bool)
-    mask[1, :2] = False  # a left-padded prompt
-    with torch.no_grad():
-        full = model(input_ids=ids, attention_mask=mask)
-        alone = model(input_ids=ids[1:, 2:])
-        for max_len in (None, 10):
-            state = model.init_state(2, max_len=max_len)
-            y, state = model.step(ids[:, :4], state, attention_mask=mask[:, :4])
-            pieces = [y]
-            for t in range(4, 10):
-                y, state = model.step(ids[:, t : t + 1], state)
-                pieces.append(y)
-            torch.testing.assert_close(torch.cat(pieces, 1)[:, 2:], full[:, 2:], atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(full[1:, 2:], alone, atol=1e-4, rtol=1e-4)
+    check_padded_decoding(model, T=10, pad=2, prefill=4, seed=6)
 
 
 @pytest.mark.parametrize(
